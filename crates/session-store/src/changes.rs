@@ -1,0 +1,119 @@
+//! A change set: everything one operation wants persisted, applied by a store in one transaction.
+
+use crate::{
+    account::{Account, PreKeyRecord, SignedPreKeyRecord},
+    keys::{DeviceId, PublicKey},
+    namespace::Namespace,
+    ratchet::SessionRecord,
+    trust::TrustLevel,
+};
+
+/// Where a session lives: namespace, bare JID, device id. One key for 1:1 and group chats.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionAddress {
+    /// The OMEMO namespace of the session.
+    pub namespace: Namespace,
+    /// The peer's bare JID.
+    pub jid: String,
+    /// The peer's device id.
+    pub device: DeviceId,
+}
+
+impl SessionAddress {
+    /// Builds an address.
+    pub fn new(namespace: Namespace, jid: impl Into<String>, device: DeviceId) -> Self {
+        Self {
+            namespace,
+            jid: jid.into(),
+            device,
+        }
+    }
+}
+
+/// Everything an operation changes. Stores apply it all or nothing.
+#[derive(Debug, Default, Clone)]
+pub struct Changes {
+    /// Our account (new counters).
+    pub account: Option<Account>,
+    /// New or replaced signed pre-keys.
+    pub signed_pre_keys: Vec<SignedPreKeyRecord>,
+    /// Signed pre-keys to delete.
+    pub removed_signed_pre_keys: Vec<u32>,
+    /// New pre-keys.
+    pub pre_keys: Vec<PreKeyRecord>,
+    /// Pre-keys to delete (consumed by a key exchange that decrypted).
+    pub removed_pre_keys: Vec<u32>,
+    /// New or advanced session records.
+    pub sessions: Vec<(SessionAddress, SessionRecord)>,
+    /// Identity keys seen per device (replacing an earlier one).
+    pub identities: Vec<(String, DeviceId, PublicKey)>,
+    /// Trust decisions.
+    pub trust: Vec<(String, PublicKey, TrustLevel)>,
+    /// Device lists: the active devices of (namespace, JID); devices not listed become inactive.
+    pub device_lists: Vec<(Namespace, String, Vec<DeviceId>)>,
+}
+
+impl Changes {
+    /// Does this change nothing?
+    pub fn is_empty(&self) -> bool {
+        let Self {
+            account,
+            signed_pre_keys,
+            removed_signed_pre_keys,
+            pre_keys,
+            removed_pre_keys,
+            sessions,
+            identities,
+            trust,
+            device_lists,
+        } = self;
+        account.is_none()
+            && signed_pre_keys.is_empty()
+            && removed_signed_pre_keys.is_empty()
+            && pre_keys.is_empty()
+            && removed_pre_keys.is_empty()
+            && sessions.is_empty()
+            && identities.is_empty()
+            && trust.is_empty()
+            && device_lists.is_empty()
+    }
+
+    /// Appends `other`; where both touch the same item, `other` wins (it is applied later).
+    pub fn merge(&mut self, other: Changes) {
+        let Changes {
+            account,
+            signed_pre_keys,
+            removed_signed_pre_keys,
+            pre_keys,
+            removed_pre_keys,
+            sessions,
+            identities,
+            trust,
+            device_lists,
+        } = other;
+        if account.is_some() {
+            self.account = account;
+        }
+        self.signed_pre_keys.extend(signed_pre_keys);
+        self.removed_signed_pre_keys.extend(removed_signed_pre_keys);
+        self.pre_keys.extend(pre_keys);
+        self.removed_pre_keys.extend(removed_pre_keys);
+        for (addr, rec) in sessions {
+            self.sessions.retain(|(a, _)| *a != addr);
+            self.sessions.push((addr, rec));
+        }
+        self.identities.extend(identities);
+        self.trust.extend(trust);
+        self.device_lists.extend(device_lists);
+    }
+
+    /// The record this change set holds for `addr`, if any (so that later steps of one operation see
+    /// the earlier ones before anything is persisted).
+    pub fn session(&self, addr: &SessionAddress) -> Option<&SessionRecord> {
+        self.sessions
+            .iter()
+            .rev()
+            .find(|(a, _)| a == addr)
+            .map(|(_, r)| r)
+    }
+}

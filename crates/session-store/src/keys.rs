@@ -1,0 +1,280 @@
+//! Curve25519 key pairs, their OMEMO 0.3 encoding, identity keys and fingerprints.
+
+use std::fmt;
+
+use rand_core::CryptoRngCore;
+use subtle::ConstantTimeEq;
+use x25519_dalek::{PublicKey as XPublic, StaticSecret};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::error::KeyError;
+
+/// The type byte libsignal puts in front of every Curve25519 public key (`DJB_TYPE`).
+pub const DJB_TYPE: u8 = 0x05;
+
+/// A device id: 1..=2^31-1 (XEP-0384).
+pub type DeviceId = u32;
+
+/// The largest valid device id.
+pub const MAX_DEVICE_ID: DeviceId = 0x7FFF_FFFF;
+
+/// Is `id` a valid OMEMO device id?
+pub fn valid_device_id(id: DeviceId) -> bool {
+    (1..=MAX_DEVICE_ID).contains(&id)
+}
+
+/// A random device id in 1..=2^31-1.
+pub fn random_device_id(rng: &mut impl CryptoRngCore) -> DeviceId {
+    loop {
+        let id = rng.next_u32() & MAX_DEVICE_ID;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// A Curve25519 public key (the 32-byte Montgomery u-coordinate).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey([u8; 32]);
+
+impl PublicKey {
+    /// From the raw 32 bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The raw 32 bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The OMEMO 0.3 / libsignal encoding: `0x05` ‖ 32 bytes.
+    pub fn serialize(&self) -> [u8; 33] {
+        let mut out = [0u8; 33];
+        out[0] = DJB_TYPE;
+        out[1..].copy_from_slice(&self.0);
+        out
+    }
+
+    /// Parses the OMEMO 0.3 encoding (`0x05` ‖ 32 bytes).
+    pub fn deserialize(bytes: &[u8]) -> Result<Self, KeyError> {
+        match bytes {
+            [DJB_TYPE, rest @ ..] if rest.len() == 32 => {
+                let mut k = [0u8; 32];
+                k.copy_from_slice(rest);
+                Ok(Self(k))
+            }
+            [DJB_TYPE, ..] => Err(KeyError::BadLength {
+                expected: 33,
+                got: bytes.len(),
+            }),
+            [t, ..] if bytes.len() == 33 => Err(KeyError::BadKeyType(*t)),
+            _ => Err(KeyError::BadLength {
+                expected: 33,
+                got: bytes.len(),
+            }),
+        }
+    }
+
+    /// Parses 32 raw bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
+        let k: [u8; 32] = bytes.try_into().map_err(|_| KeyError::BadLength {
+            expected: 32,
+            got: bytes.len(),
+        })?;
+        Ok(Self(k))
+    }
+
+    /// Fingerprint as python-omemo and Conversations show it: the hex of the Curve25519 key in 8 groups
+    /// of 8 digits.
+    pub fn fingerprint(&self) -> String {
+        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        hex.as_bytes()
+            .chunks(8)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Public keys are not secret, but they are user data: show a short prefix only.
+        write!(
+            f,
+            "PublicKey({:02x}{:02x}{:02x}{:02x}…)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}
+
+/// A clamped Curve25519 private scalar.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct PrivateKey(Box<[u8; 32]>);
+
+impl PrivateKey {
+    /// Clamps and wraps 32 secret bytes.
+    pub fn from_bytes(mut bytes: [u8; 32]) -> Self {
+        bytes[0] &= 248;
+        bytes[31] &= 127;
+        bytes[31] |= 64;
+        let key = Self(Box::new(bytes));
+        bytes.zeroize();
+        key
+    }
+
+    /// A fresh random private key.
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        let mut bytes = [0u8; 32];
+        rng.fill_bytes(&mut bytes);
+        Self::from_bytes(bytes)
+    }
+
+    /// The secret bytes (for persistence and XEdDSA).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The matching public key.
+    pub fn public_key(&self) -> PublicKey {
+        let secret = StaticSecret::from(*self.0);
+        PublicKey(XPublic::from(&secret).to_bytes())
+    }
+
+    /// X25519 with `their` key. A result of all zeros means `their` is a low-order point: refused.
+    pub fn agree(&self, their: &PublicKey) -> Result<SharedSecret, KeyError> {
+        let secret = StaticSecret::from(*self.0);
+        let shared = secret.diffie_hellman(&XPublic::from(their.0));
+        if !shared.was_contributory() {
+            return Err(KeyError::LowOrderPoint);
+        }
+        Ok(SharedSecret(Box::new(shared.to_bytes())))
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrivateKey(<redacted>)")
+    }
+}
+
+/// The output of one X25519 agreement.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct SharedSecret(Box<[u8; 32]>);
+
+impl SharedSecret {
+    /// The 32 secret bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedSecret(<redacted>)")
+    }
+}
+
+/// A Curve25519 key pair.
+#[derive(Clone)]
+pub struct KeyPair {
+    /// The public half.
+    pub public: PublicKey,
+    /// The private half.
+    pub private: PrivateKey,
+}
+
+impl KeyPair {
+    /// A fresh random key pair.
+    pub fn generate(rng: &mut impl CryptoRngCore) -> Self {
+        Self::from_private(PrivateKey::generate(rng))
+    }
+
+    /// The key pair of a private key.
+    pub fn from_private(private: PrivateKey) -> Self {
+        Self {
+            public: private.public_key(),
+            private,
+        }
+    }
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self { public, private: _ } = self;
+        f.debug_struct("KeyPair")
+            .field("public", public)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Compares two byte strings in constant time (for MACs and keys).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_chacha::rand_core::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn encoding_round_trip_and_errors() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let kp = KeyPair::generate(&mut rng);
+        let enc = kp.public.serialize();
+        assert_eq!(enc[0], 5);
+        assert_eq!(PublicKey::deserialize(&enc).ok(), Some(kp.public));
+        assert!(matches!(
+            PublicKey::deserialize(&enc[..32]),
+            Err(KeyError::BadLength { .. })
+        ));
+        let mut bad = enc;
+        bad[0] = 6;
+        assert!(matches!(
+            PublicKey::deserialize(&bad),
+            Err(KeyError::BadKeyType(6))
+        ));
+        assert!(PublicKey::deserialize(&[]).is_err());
+    }
+
+    #[test]
+    fn agreement_is_symmetric_and_refuses_low_order() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+        let a = KeyPair::generate(&mut rng);
+        let b = KeyPair::generate(&mut rng);
+        let ab = a.private.agree(&b.public).map(|s| *s.as_bytes()).ok();
+        let ba = b.private.agree(&a.public).map(|s| *s.as_bytes()).ok();
+        assert!(ab.is_some());
+        assert_eq!(ab, ba);
+        assert!(matches!(
+            a.private.agree(&PublicKey::from_bytes([0; 32])),
+            Err(KeyError::LowOrderPoint)
+        ));
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        assert!(matches!(
+            a.private.agree(&PublicKey::from_bytes(one)),
+            Err(KeyError::LowOrderPoint)
+        ));
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let kp = KeyPair::from_private(PrivateKey::from_bytes([0x42; 32]));
+        let s = format!("{kp:?} {:?}", kp.private);
+        assert!(!s.contains("42, 42") && !s.contains("4242"), "{s}");
+        assert!(s.contains("redacted") || !s.contains("private"));
+    }
+
+    #[test]
+    fn device_ids() {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        for _ in 0..100 {
+            assert!(valid_device_id(random_device_id(&mut rng)));
+        }
+        assert!(!valid_device_id(0));
+        assert!(!valid_device_id(1 << 31));
+    }
+}

@@ -1,0 +1,157 @@
+//! An in-memory store: for tests, benches and clients that persist elsewhere.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    account::{Account, PreKeyRecord, SignedPreKeyRecord},
+    changes::{Changes, SessionAddress},
+    error::StoreError,
+    keys::{DeviceId, PublicKey},
+    namespace::Namespace,
+    ratchet::SessionRecord,
+    traits::*,
+    trust::TrustLevel,
+};
+
+/// Keeps everything in maps. Session records are kept encoded, exactly as [`crate::SqliteStore`] keeps
+/// them, so both stores exercise the same persistence path.
+#[derive(Default, Clone)]
+pub struct MemoryStore {
+    account: Option<Account>,
+    signed_pre_keys: BTreeMap<u32, SignedPreKeyRecord>,
+    pre_keys: BTreeMap<u32, PreKeyRecord>,
+    sessions: BTreeMap<SessionAddress, Vec<u8>>,
+    identities: BTreeMap<(String, DeviceId), PublicKey>,
+    trust: BTreeMap<(String, PublicKey), TrustLevel>,
+    device_lists: BTreeMap<(Namespace, String), BTreeMap<DeviceId, bool>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("account", &self.account)
+            .field("pre_keys", &self.pre_keys.len())
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccountStore for MemoryStore {
+    fn account(&self) -> Result<Option<Account>, StoreError> {
+        Ok(self.account.clone())
+    }
+}
+
+impl PreKeyStore for MemoryStore {
+    fn pre_key(&self, id: u32) -> Result<Option<PreKeyRecord>, StoreError> {
+        Ok(self.pre_keys.get(&id).cloned())
+    }
+    fn pre_keys(&self) -> Result<Vec<PreKeyRecord>, StoreError> {
+        Ok(self.pre_keys.values().cloned().collect())
+    }
+}
+
+impl SignedPreKeyStore for MemoryStore {
+    fn signed_pre_key(&self, id: u32) -> Result<Option<SignedPreKeyRecord>, StoreError> {
+        Ok(self.signed_pre_keys.get(&id).cloned())
+    }
+    fn signed_pre_keys(&self) -> Result<Vec<SignedPreKeyRecord>, StoreError> {
+        Ok(self.signed_pre_keys.values().cloned().collect())
+    }
+}
+
+impl SessionStore for MemoryStore {
+    fn session(&self, addr: &SessionAddress) -> Result<Option<SessionRecord>, StoreError> {
+        self.sessions
+            .get(addr)
+            .map(|b| SessionRecord::from_bytes(b))
+            .transpose()
+    }
+    fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError> {
+        Ok(self
+            .sessions
+            .keys()
+            .filter(|a| a.namespace == ns && a.jid == jid)
+            .map(|a| a.device)
+            .collect())
+    }
+}
+
+impl IdentityStore for MemoryStore {
+    fn identity(&self, jid: &str, device: DeviceId) -> Result<Option<PublicKey>, StoreError> {
+        Ok(self.identities.get(&(jid.to_owned(), device)).copied())
+    }
+    fn trust(&self, jid: &str, key: &PublicKey) -> Result<Option<TrustLevel>, StoreError> {
+        Ok(self.trust.get(&(jid.to_owned(), *key)).copied())
+    }
+    fn trust_of(&self, jid: &str) -> Result<Vec<(PublicKey, TrustLevel)>, StoreError> {
+        Ok(self
+            .trust
+            .iter()
+            .filter(|((j, _), _)| j == jid)
+            .map(|((_, k), t)| (*k, *t))
+            .collect())
+    }
+}
+
+impl DeviceListStore for MemoryStore {
+    fn device_list(&self, ns: Namespace, jid: &str) -> Result<Option<Vec<DeviceId>>, StoreError> {
+        Ok(self.device_lists.get(&(ns, jid.to_owned())).map(|m| {
+            m.iter()
+                .filter(|(_, active)| **active)
+                .map(|(d, _)| *d)
+                .collect()
+        }))
+    }
+}
+
+impl Store for MemoryStore {
+    fn apply(&mut self, changes: &Changes) -> Result<(), StoreError> {
+        // Nothing below can fail, so the change set is applied whole.
+        let Changes {
+            account,
+            signed_pre_keys,
+            removed_signed_pre_keys,
+            pre_keys,
+            removed_pre_keys,
+            sessions,
+            identities,
+            trust,
+            device_lists,
+        } = changes;
+        if let Some(a) = account {
+            self.account = Some(a.clone());
+        }
+        for s in signed_pre_keys {
+            self.signed_pre_keys.insert(s.id, s.clone());
+        }
+        for id in removed_signed_pre_keys {
+            self.signed_pre_keys.remove(id);
+        }
+        for p in pre_keys {
+            self.pre_keys.insert(p.id, p.clone());
+        }
+        for id in removed_pre_keys {
+            self.pre_keys.remove(id);
+        }
+        for (addr, rec) in sessions {
+            self.sessions.insert(addr.clone(), rec.to_bytes());
+        }
+        for (jid, dev, key) in identities {
+            self.identities.insert((jid.clone(), *dev), *key);
+        }
+        for (jid, key, level) in trust {
+            self.trust.insert((jid.clone(), *key), *level);
+        }
+        for (ns, jid, devices) in device_lists {
+            let entry = self.device_lists.entry((*ns, jid.clone())).or_default();
+            for active in entry.values_mut() {
+                *active = false;
+            }
+            for d in devices {
+                entry.insert(*d, true);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,7 @@
+//! The Double Ratchet: one session state and the record that keeps a few of them per device.
+
+pub mod keys;
+mod state;
+
+pub(crate) use state::{PendingKeyExchange, ReceiverChain, SessionState};
+pub use state::{SessionRecord, MAX_ARCHIVED_STATES, MAX_MESSAGE_GAP, MAX_SKIPPED_KEYS};

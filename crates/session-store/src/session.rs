@@ -1,0 +1,293 @@
+//! Session operations over a store: start a session from a bundle, encrypt for a device, decrypt from
+//! a device. Each returns what it changed as [`Changes`]; nothing is written until the caller applies
+//! them, and a failed operation changes nothing.
+
+use std::fmt;
+
+use rand_core::CryptoRngCore;
+use zeroize::Zeroizing;
+
+use crate::{
+    account::Account,
+    changes::{Changes, SessionAddress},
+    error::SessionError,
+    keys::{DeviceId, PublicKey},
+    namespace::Namespace,
+    ratchet::SessionRecord,
+    traits::Store,
+    trust::TrustLevel,
+    wire::v0_3::{PreKeySignalMessage, SignalMessage},
+    x3dh::{self, PreKeyBundle},
+};
+
+/// What we know of a peer device's identity key after an operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityInfo {
+    /// The identity key used.
+    pub key: PublicKey,
+    /// Its trust level.
+    pub trust: TrustLevel,
+    /// The key this device had before, when it changed. Reported, never silently accepted: the new key
+    /// has its own trust, starting from the default.
+    pub changed_from: Option<PublicKey>,
+}
+
+/// One encrypted key element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncryptedKey {
+    /// The bytes for the `<key>` element.
+    pub data: Vec<u8>,
+    /// Is it a key exchange (`prekey='true'` / `kex='true'`)?
+    pub kex: bool,
+}
+
+/// A decrypted key element.
+pub struct DecryptedKey {
+    /// The key material.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// Was it a key exchange?
+    pub kex: bool,
+    /// The sender's identity.
+    pub identity: IdentityInfo,
+    /// The pre-key the key exchange consumed (deleted and replaced in the change set).
+    pub consumed_pre_key: Option<u32>,
+}
+
+impl fmt::Debug for DecryptedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            plaintext: _,
+            kex,
+            identity,
+            consumed_pre_key,
+        } = self;
+        f.debug_struct("DecryptedKey")
+            .field("kex", kex)
+            .field("identity", identity)
+            .field("consumed_pre_key", consumed_pre_key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn trust_in(
+    store: &impl Store,
+    changes: &Changes,
+    jid: &str,
+    key: &PublicKey,
+) -> Result<Option<TrustLevel>, SessionError> {
+    if let Some((_, _, t)) = changes
+        .trust
+        .iter()
+        .rev()
+        .find(|(j, k, _)| j == jid && k == key)
+    {
+        return Ok(Some(*t));
+    }
+    Ok(store.trust(jid, key)?)
+}
+
+/// Looks `key` up for (`jid`, `device`), records it if new or changed, and gives new keys the default
+/// trust (blind trust before verification).
+pub fn check_identity(
+    store: &impl Store,
+    changes: &mut Changes,
+    jid: &str,
+    device: DeviceId,
+    key: &PublicKey,
+) -> Result<IdentityInfo, SessionError> {
+    let known = match changes
+        .identities
+        .iter()
+        .rev()
+        .find(|(j, d, _)| j == jid && *d == device)
+    {
+        Some((_, _, k)) => Some(*k),
+        None => store.identity(jid, device)?,
+    };
+    if known != Some(*key) {
+        changes.identities.push((jid.to_owned(), device, *key));
+    }
+    let trust = match trust_in(store, changes, jid, key)? {
+        Some(t) => t,
+        None => {
+            let verified = store
+                .trust_of(jid)?
+                .iter()
+                .any(|(_, t)| *t == TrustLevel::Verified);
+            let t = TrustLevel::default_for_new_key(verified);
+            changes.trust.push((jid.to_owned(), *key, t));
+            t
+        }
+    };
+    Ok(IdentityInfo {
+        key: *key,
+        trust,
+        changed_from: known.filter(|k| k != key),
+    })
+}
+
+fn load_record(
+    store: &impl Store,
+    changes: &Changes,
+    addr: &SessionAddress,
+) -> Result<Option<SessionRecord>, SessionError> {
+    Ok(match changes.session(addr) {
+        Some(r) => Some(r.clone()),
+        None => store.session(addr)?,
+    })
+}
+
+fn require_oldmemo(addr: &SessionAddress) -> Result<(), SessionError> {
+    if addr.namespace == Namespace::Oldmemo {
+        Ok(())
+    } else {
+        Err(SessionError::Internal(
+            "this operation speaks OMEMO 0.3 only",
+        ))
+    }
+}
+
+/// Starts an OMEMO 0.3 session with `addr` from its bundle (signature checked, one pre-key picked at
+/// random). The new session becomes current; an earlier one is archived. Refuses distrusted keys.
+pub fn initiate(
+    store: &impl Store,
+    account: &Account,
+    addr: &SessionAddress,
+    bundle: &PreKeyBundle,
+    changes: &mut Changes,
+    rng: &mut impl CryptoRngCore,
+) -> Result<IdentityInfo, SessionError> {
+    require_oldmemo(addr)?;
+    let mut scratch = Changes::default();
+    let identity = check_identity(
+        store,
+        &mut scratch,
+        &addr.jid,
+        addr.device,
+        &bundle.identity_key,
+    )?;
+    if identity.trust == TrustLevel::Distrusted {
+        return Err(SessionError::Distrusted {
+            jid: addr.jid.clone(),
+            device: addr.device,
+        });
+    }
+    let state = x3dh::initiate_0_3(&account.identity, bundle, rng)?;
+    let mut record = load_record(store, changes, addr)?.unwrap_or_default();
+    record.promote(state);
+    scratch.sessions.push((addr.clone(), record));
+    changes.merge(scratch);
+    Ok(identity)
+}
+
+/// Encrypts `plaintext` for `addr` on the current session, advancing it in `changes`. Refuses devices
+/// whose identity key is not trusted for encryption.
+pub fn encrypt(
+    store: &impl Store,
+    account: &Account,
+    addr: &SessionAddress,
+    plaintext: &[u8],
+    changes: &mut Changes,
+) -> Result<EncryptedKey, SessionError> {
+    require_oldmemo(addr)?;
+    let mut record = load_record(store, changes, addr)?.ok_or(SessionError::NoSession)?;
+    let state = record.current.as_mut().ok_or(SessionError::NoSession)?;
+    let trust = trust_in(store, changes, &addr.jid, &state.remote_identity)?
+        .unwrap_or(TrustLevel::Undecided);
+    if !trust.may_encrypt() {
+        return Err(SessionError::Untrusted {
+            jid: addr.jid.clone(),
+            device: addr.device,
+        });
+    }
+    let kex = state.pending.is_some();
+    let data = state.encrypt_0_3(&account.identity.public, plaintext)?;
+    changes.merge(Changes {
+        sessions: vec![(addr.clone(), record)],
+        ..Changes::default()
+    });
+    Ok(EncryptedKey { data, kex })
+}
+
+/// Decrypts a key element from `from`. A key exchange is recognised by parsing the element, whatever
+/// its `prekey` attribute says. On success the change set holds the advanced session, the consumed
+/// pre-key's deletion and its replacement, and the sender's identity; on failure nothing changes.
+pub fn decrypt(
+    store: &impl Store,
+    account: &Account,
+    from: &SessionAddress,
+    data: &[u8],
+    rng: &mut impl CryptoRngCore,
+) -> Result<(DecryptedKey, Changes), SessionError> {
+    require_oldmemo(from)?;
+    let our = account.identity.public;
+    let mut changes = Changes::default();
+    let mut record = store.session(from)?.unwrap_or_default();
+    let mut consumed_pre_key = None;
+    let (plaintext, kex, identity) = if let Ok(kex) = PreKeySignalMessage::parse(data) {
+        let msg = SignalMessage::parse(&kex.message)?;
+        let identity = check_identity(
+            store,
+            &mut changes,
+            &from.jid,
+            from.device,
+            &kex.identity_key,
+        )?;
+        if !identity.trust.may_decrypt() {
+            return Err(SessionError::Distrusted {
+                jid: from.jid.clone(),
+                device: from.device,
+            });
+        }
+        let plaintext = if record.find_base_key(&kex.base_key).is_some() {
+            // The initiator repeats its key exchange until we answer: same session, just decrypt.
+            record.decrypt_0_3(&our, &msg, rng)?
+        } else {
+            let spk = store
+                .signed_pre_key(kex.signed_pre_key_id)?
+                .ok_or(SessionError::UnknownSignedPreKey(kex.signed_pre_key_id))?;
+            let pre_key_id = kex.pre_key_id.ok_or(SessionError::MissingPreKey)?;
+            let pre_key = store
+                .pre_key(pre_key_id)?
+                .ok_or(SessionError::UnknownPreKey(pre_key_id))?;
+            let mut state = x3dh::respond_0_3(
+                &account.identity,
+                &spk.key_pair,
+                &pre_key.key_pair,
+                &kex.identity_key,
+                &kex.base_key,
+            )?;
+            let plaintext = state.decrypt_0_3(&our, &msg, rng)?;
+            record.promote(state);
+            // Only now that the key exchange decrypted: delete the pre-key and publish a replacement.
+            let mut fresh = store.account()?.ok_or(SessionError::NoAccount)?;
+            changes.removed_pre_keys.push(pre_key_id);
+            changes.pre_keys.push(fresh.new_pre_key(rng));
+            changes.account = Some(fresh);
+            consumed_pre_key = Some(pre_key_id);
+            plaintext
+        };
+        (plaintext, true, identity)
+    } else {
+        let msg = SignalMessage::parse(data)?;
+        let remote = record.remote_identity().ok_or(SessionError::NoSession)?;
+        let identity = check_identity(store, &mut changes, &from.jid, from.device, &remote)?;
+        if !identity.trust.may_decrypt() {
+            return Err(SessionError::Distrusted {
+                jid: from.jid.clone(),
+                device: from.device,
+            });
+        }
+        (record.decrypt_0_3(&our, &msg, rng)?, false, identity)
+    };
+    changes.sessions.push((from.clone(), record));
+    Ok((
+        DecryptedKey {
+            plaintext: Zeroizing::new(plaintext),
+            kex,
+            identity,
+            consumed_pre_key,
+        },
+        changes,
+    ))
+}

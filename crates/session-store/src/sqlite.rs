@@ -1,0 +1,396 @@
+//! A store in SQLite, on a connection the application owns.
+
+use std::borrow::BorrowMut;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::{
+    account::{Account, PreKeyRecord, SignedPreKeyRecord},
+    changes::{Changes, SessionAddress},
+    error::StoreError,
+    keys::{DeviceId, KeyPair, PrivateKey, PublicKey},
+    namespace::Namespace,
+    ratchet::SessionRecord,
+    traits::*,
+    trust::TrustLevel,
+};
+
+/// The migrations, in order. Index + 1 is the schema version each one produces.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/001_initial.sql")];
+
+/// Store over a rusqlite connection. Tables are prefixed `omemo_`; the schema version is kept in
+/// `omemo_schema`.
+pub struct SqliteStore<C: BorrowMut<Connection>> {
+    conn: C,
+}
+
+impl<C: BorrowMut<Connection>> std::fmt::Debug for SqliteStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore<Connection> {
+    /// Opens (or creates) a database file that this store owns, in WAL mode.
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Self::new(conn)
+    }
+}
+
+fn u32_of(v: i64, what: &'static str) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(what))
+}
+
+fn key32(v: Vec<u8>, what: &'static str) -> Result<[u8; 32], StoreError> {
+    v.try_into().map_err(|_| StoreError::Corrupt(what))
+}
+
+impl<C: BorrowMut<Connection>> SqliteStore<C> {
+    /// Wraps the application's connection and brings our tables up to date (each migration in its own
+    /// transaction).
+    pub fn new(mut conn: C) -> Result<Self, StoreError> {
+        let c = conn.borrow_mut();
+        c.execute_batch("CREATE TABLE IF NOT EXISTS omemo_schema (version INTEGER NOT NULL)")?;
+        let version: Option<i64> =
+            c.query_row("SELECT max(version) FROM omemo_schema", [], |r| r.get(0))?;
+        let version = version.unwrap_or(0) as usize;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::SchemaTooNew {
+                found: version as u32,
+                supported: MIGRATIONS.len() as u32,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = c.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.execute("DELETE FROM omemo_schema", [])?;
+            tx.execute(
+                "INSERT INTO omemo_schema (version) VALUES (?1)",
+                [i as i64 + 1],
+            )?;
+            tx.commit()?;
+        }
+        Ok(Self { conn })
+    }
+
+    /// The schema version in the database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let v: i64 =
+            self.conn
+                .borrow()
+                .query_row("SELECT max(version) FROM omemo_schema", [], |r| r.get(0))?;
+        u32_of(v, "schema version")
+    }
+
+    /// Gives the connection back.
+    pub fn into_inner(self) -> C {
+        self.conn
+    }
+
+    fn c(&self) -> &Connection {
+        self.conn.borrow()
+    }
+}
+
+fn pair(private: Vec<u8>, public: Vec<u8>) -> Result<KeyPair, StoreError> {
+    Ok(KeyPair {
+        private: PrivateKey::from_bytes(key32(private, "private key")?),
+        public: PublicKey::from_bytes(key32(public, "public key")?),
+    })
+}
+
+fn spk_row(
+    id: i64,
+    private: Vec<u8>,
+    public: Vec<u8>,
+    sig: Vec<u8>,
+    at: i64,
+) -> Result<SignedPreKeyRecord, StoreError> {
+    Ok(SignedPreKeyRecord {
+        id: u32_of(id, "signed pre-key id")?,
+        key_pair: pair(private, public)?,
+        signature: sig
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("signature"))?,
+        created_at: u64::try_from(at).map_err(|_| StoreError::Corrupt("created_at"))?,
+    })
+}
+
+impl<C: BorrowMut<Connection>> AccountStore for SqliteStore<C> {
+    fn account(&self) -> Result<Option<Account>, StoreError> {
+        let row = self
+            .c()
+            .query_row(
+                "SELECT jid, device_id, identity_private, next_pre_key_id, next_signed_pre_key_id FROM omemo_account",
+                [],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?)),
+            )
+            .optional()?;
+        let Some((jid, device, secret, next_pk, next_spk)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Account {
+            jid,
+            device_id: u32_of(device, "device id")?,
+            identity: Account::identity_from_secret(key32(secret, "identity key")?),
+            next_pre_key_id: u32_of(next_pk, "pre-key counter")?,
+            next_signed_pre_key_id: u32_of(next_spk, "signed pre-key counter")?,
+        }))
+    }
+}
+
+impl<C: BorrowMut<Connection>> PreKeyStore for SqliteStore<C> {
+    fn pre_key(&self, id: u32) -> Result<Option<PreKeyRecord>, StoreError> {
+        let row = self
+            .c()
+            .query_row(
+                "SELECT private, public FROM omemo_pre_key WHERE id = ?1",
+                [id],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()?;
+        row.map(|(private, public)| {
+            Ok(PreKeyRecord {
+                id,
+                key_pair: pair(private, public)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn pre_keys(&self) -> Result<Vec<PreKeyRecord>, StoreError> {
+        let mut stmt = self
+            .c()
+            .prepare_cached("SELECT id, private, public FROM omemo_pre_key ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (id, private, public) = row?;
+            Ok(PreKeyRecord {
+                id: u32_of(id, "pre-key id")?,
+                key_pair: pair(private, public)?,
+            })
+        })
+        .collect()
+    }
+}
+
+impl<C: BorrowMut<Connection>> SignedPreKeyStore for SqliteStore<C> {
+    fn signed_pre_key(&self, id: u32) -> Result<Option<SignedPreKeyRecord>, StoreError> {
+        let row = self
+            .c()
+            .query_row(
+                "SELECT id, private, public, signature, created_at FROM omemo_signed_pre_key WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        row.map(|(id, a, b, s, t)| spk_row(id, a, b, s, t))
+            .transpose()
+    }
+
+    fn signed_pre_keys(&self) -> Result<Vec<SignedPreKeyRecord>, StoreError> {
+        let mut stmt = self.c().prepare_cached(
+            "SELECT id, private, public, signature, created_at FROM omemo_signed_pre_key",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        rows.map(|row| {
+            let (id, a, b, s, t) = row?;
+            spk_row(id, a, b, s, t)
+        })
+        .collect()
+    }
+}
+
+impl<C: BorrowMut<Connection>> SessionStore for SqliteStore<C> {
+    fn session(&self, addr: &SessionAddress) -> Result<Option<SessionRecord>, StoreError> {
+        let mut stmt = self.c().prepare_cached(
+            "SELECT record FROM omemo_session WHERE namespace = ?1 AND jid = ?2 AND device_id = ?3",
+        )?;
+        let bytes: Option<Vec<u8>> = stmt
+            .query_row(params![addr.namespace.code(), addr.jid, addr.device], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        bytes.map(|b| SessionRecord::from_bytes(&b)).transpose()
+    }
+
+    fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError> {
+        let mut stmt = self
+            .c()
+            .prepare_cached("SELECT device_id FROM omemo_session WHERE namespace = ?1 AND jid = ?2 ORDER BY device_id")?;
+        let rows = stmt.query_map(params![ns.code(), jid], |r| r.get::<_, i64>(0))?;
+        rows.map(|r| u32_of(r?, "device id")).collect()
+    }
+}
+
+impl<C: BorrowMut<Connection>> IdentityStore for SqliteStore<C> {
+    fn identity(&self, jid: &str, device: DeviceId) -> Result<Option<PublicKey>, StoreError> {
+        let mut stmt = self.c().prepare_cached(
+            "SELECT identity_key FROM omemo_identity WHERE jid = ?1 AND device_id = ?2",
+        )?;
+        let key: Option<Vec<u8>> = stmt
+            .query_row(params![jid, device], |r| r.get(0))
+            .optional()?;
+        key.map(|k| Ok(PublicKey::from_bytes(key32(k, "identity key")?)))
+            .transpose()
+    }
+
+    fn trust(&self, jid: &str, key: &PublicKey) -> Result<Option<TrustLevel>, StoreError> {
+        let mut stmt = self
+            .c()
+            .prepare_cached("SELECT level FROM omemo_trust WHERE jid = ?1 AND identity_key = ?2")?;
+        let level: Option<i64> = stmt
+            .query_row(params![jid, &key.as_bytes()[..]], |r| r.get(0))
+            .optional()?;
+        level
+            .map(|l| {
+                u8::try_from(l)
+                    .ok()
+                    .and_then(TrustLevel::from_code)
+                    .ok_or(StoreError::Corrupt("trust level"))
+            })
+            .transpose()
+    }
+
+    fn trust_of(&self, jid: &str) -> Result<Vec<(PublicKey, TrustLevel)>, StoreError> {
+        let mut stmt = self
+            .c()
+            .prepare_cached("SELECT identity_key, level FROM omemo_trust WHERE jid = ?1")?;
+        let rows = stmt.query_map([jid], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        rows.map(|row| {
+            let (k, l) = row?;
+            let level = u8::try_from(l)
+                .ok()
+                .and_then(TrustLevel::from_code)
+                .ok_or(StoreError::Corrupt("trust level"))?;
+            Ok((PublicKey::from_bytes(key32(k, "identity key")?), level))
+        })
+        .collect()
+    }
+}
+
+impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
+    fn device_list(&self, ns: Namespace, jid: &str) -> Result<Option<Vec<DeviceId>>, StoreError> {
+        let mut stmt = self.c().prepare_cached(
+            "SELECT device_id, active FROM omemo_device WHERE namespace = ?1 AND jid = ?2 ORDER BY device_id",
+        )?;
+        let rows: Vec<(i64, bool)> = stmt
+            .query_map(params![ns.code(), jid], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        rows.into_iter()
+            .filter(|(_, a)| *a)
+            .map(|(d, _)| u32_of(d, "device id"))
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+}
+
+impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
+    fn apply(&mut self, changes: &Changes) -> Result<(), StoreError> {
+        let Changes {
+            account,
+            signed_pre_keys,
+            removed_signed_pre_keys,
+            pre_keys,
+            removed_pre_keys,
+            sessions,
+            identities,
+            trust,
+            device_lists,
+        } = changes;
+        let tx = self.conn.borrow_mut().transaction()?;
+        if let Some(a) = account {
+            tx.execute(
+                "INSERT OR REPLACE INTO omemo_account (id, jid, device_id, identity_private, next_pre_key_id, next_signed_pre_key_id) VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+                params![a.jid, a.device_id, &a.identity.private.as_bytes()[..], a.next_pre_key_id, a.next_signed_pre_key_id],
+            )?;
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO omemo_signed_pre_key (id, private, public, signature, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for s in signed_pre_keys {
+                let at =
+                    i64::try_from(s.created_at).map_err(|_| StoreError::Corrupt("created_at"))?;
+                stmt.execute(params![
+                    s.id,
+                    &s.key_pair.private.as_bytes()[..],
+                    &s.key_pair.public.as_bytes()[..],
+                    &s.signature[..],
+                    at
+                ])?;
+            }
+            let mut stmt = tx.prepare_cached("DELETE FROM omemo_signed_pre_key WHERE id = ?1")?;
+            for id in removed_signed_pre_keys {
+                stmt.execute([id])?;
+            }
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO omemo_pre_key (id, private, public) VALUES (?1, ?2, ?3)",
+            )?;
+            for p in pre_keys {
+                stmt.execute(params![
+                    p.id,
+                    &p.key_pair.private.as_bytes()[..],
+                    &p.key_pair.public.as_bytes()[..]
+                ])?;
+            }
+            let mut stmt = tx.prepare_cached("DELETE FROM omemo_pre_key WHERE id = ?1")?;
+            for id in removed_pre_keys {
+                stmt.execute([id])?;
+            }
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO omemo_session (namespace, jid, device_id, record) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (addr, rec) in sessions {
+                stmt.execute(params![
+                    addr.namespace.code(),
+                    addr.jid,
+                    addr.device,
+                    rec.to_bytes()
+                ])?;
+            }
+            let mut stmt = tx
+                .prepare_cached("INSERT OR REPLACE INTO omemo_identity (jid, device_id, identity_key) VALUES (?1, ?2, ?3)")?;
+            for (jid, dev, key) in identities {
+                stmt.execute(params![jid, dev, &key.as_bytes()[..]])?;
+            }
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO omemo_trust (jid, identity_key, level) VALUES (?1, ?2, ?3)",
+            )?;
+            for (jid, key, level) in trust {
+                stmt.execute(params![jid, &key.as_bytes()[..], level.code()])?;
+            }
+            let mut clear = tx.prepare_cached(
+                "UPDATE omemo_device SET active = 0 WHERE namespace = ?1 AND jid = ?2",
+            )?;
+            let mut set = tx.prepare_cached(
+                "INSERT OR REPLACE INTO omemo_device (namespace, jid, device_id, active) VALUES (?1, ?2, ?3, 1)",
+            )?;
+            for (ns, jid, devices) in device_lists {
+                clear.execute(params![ns.code(), jid])?;
+                for d in devices {
+                    set.execute(params![ns.code(), jid, d])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

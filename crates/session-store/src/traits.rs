@@ -1,0 +1,65 @@
+//! Small synchronous store traits, one per concern, and the [`Store`] supertrait that applies change sets.
+
+use crate::{
+    account::{Account, PreKeyRecord, SignedPreKeyRecord},
+    changes::{Changes, SessionAddress},
+    error::StoreError,
+    keys::{DeviceId, PublicKey},
+    namespace::Namespace,
+    ratchet::SessionRecord,
+    trust::TrustLevel,
+};
+
+/// Our own device.
+pub trait AccountStore {
+    /// Our account, once created.
+    fn account(&self) -> Result<Option<Account>, StoreError>;
+}
+
+/// One-time pre-keys.
+pub trait PreKeyStore {
+    /// One pre-key.
+    fn pre_key(&self, id: u32) -> Result<Option<PreKeyRecord>, StoreError>;
+    /// Every pre-key we hold.
+    fn pre_keys(&self) -> Result<Vec<PreKeyRecord>, StoreError>;
+}
+
+/// Signed pre-keys.
+pub trait SignedPreKeyStore {
+    /// One signed pre-key.
+    fn signed_pre_key(&self, id: u32) -> Result<Option<SignedPreKeyRecord>, StoreError>;
+    /// Every signed pre-key we hold (the current one and the previous one).
+    fn signed_pre_keys(&self) -> Result<Vec<SignedPreKeyRecord>, StoreError>;
+}
+
+/// Double Ratchet sessions, keyed by (namespace, bare JID, device).
+pub trait SessionStore {
+    /// The record of one device.
+    fn session(&self, addr: &SessionAddress) -> Result<Option<SessionRecord>, StoreError>;
+    /// Devices of `jid` we hold a session with in `ns`.
+    fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError>;
+}
+
+/// Identity keys per device and trust per (JID, identity key).
+pub trait IdentityStore {
+    /// The identity key last seen for a device.
+    fn identity(&self, jid: &str, device: DeviceId) -> Result<Option<PublicKey>, StoreError>;
+    /// The trust decision for a key of a JID.
+    fn trust(&self, jid: &str, key: &PublicKey) -> Result<Option<TrustLevel>, StoreError>;
+    /// Every trust decision for a JID.
+    fn trust_of(&self, jid: &str) -> Result<Vec<(PublicKey, TrustLevel)>, StoreError>;
+}
+
+/// Published device lists we have seen.
+pub trait DeviceListStore {
+    /// The active devices of `jid` in `ns` (`None` if we never saw its list).
+    fn device_list(&self, ns: Namespace, jid: &str) -> Result<Option<Vec<DeviceId>>, StoreError>;
+}
+
+/// A complete store.
+pub trait Store:
+    AccountStore + PreKeyStore + SignedPreKeyStore + SessionStore + IdentityStore + DeviceListStore
+{
+    /// Applies a change set atomically: all of it or none of it.
+    fn apply(&mut self, changes: &Changes) -> Result<(), StoreError>;
+}

@@ -1,0 +1,3 @@
+//! Wire formats of ratchet messages and key exchanges.
+
+pub mod v0_3;

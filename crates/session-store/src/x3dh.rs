@@ -1,0 +1,162 @@
+//! X3DH key agreement (OMEMO 0.3 flavour): initiator from a bundle, responder from a key exchange.
+//!
+//! ```text
+//! secret = 0xFF×32 ‖ DH(IK_A, SPK_B) ‖ DH(EK_A, IK_B) ‖ DH(EK_A, SPK_B) ‖ DH(EK_A, OPK_B)
+//! root ‖ chain = HKDF-SHA-256(salt = 0×32, secret, info = "WhisperText", 64)
+//! ```
+//! The initiator then steps the root chain once with a fresh ratchet key against SPK_B (its first
+//! sending chain); the responder's ratchet key is SPK_B until the first message arrives.
+
+use std::collections::VecDeque;
+
+use rand_core::CryptoRngCore;
+use zeroize::Zeroize;
+
+use crate::{
+    error::SessionError,
+    keys::{KeyPair, PublicKey},
+    namespace::Namespace,
+    ratchet::{
+        keys::{hkdf, ChainKey, RootKey},
+        PendingKeyExchange, SessionState,
+    },
+    xeddsa,
+};
+
+/// What a device publishes so that others can start sessions with it (namespace-neutral).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreKeyBundle {
+    /// The identity key (Curve25519).
+    pub identity_key: PublicKey,
+    /// Id of the signed pre-key.
+    pub signed_pre_key_id: u32,
+    /// The signed pre-key.
+    pub signed_pre_key: PublicKey,
+    /// Signature over the encoded signed pre-key by the identity key.
+    pub signed_pre_key_signature: Vec<u8>,
+    /// One-time pre-keys with their ids.
+    pub pre_keys: Vec<(u32, PublicKey)>,
+}
+
+impl PreKeyBundle {
+    /// Checks the signed pre-key's signature (OMEMO 0.3: XEdDSA over `0x05 ‖ spk`).
+    pub fn verify_0_3(&self) -> Result<(), SessionError> {
+        if xeddsa::verify(
+            &self.identity_key,
+            &self.signed_pre_key.serialize(),
+            &self.signed_pre_key_signature,
+        ) {
+            Ok(())
+        } else {
+            Err(SessionError::BadBundleSignature)
+        }
+    }
+}
+
+fn derive(ns: Namespace, dhs: &[&[u8; 32]]) -> Result<(RootKey, ChainKey), SessionError> {
+    let mut secret = Vec::with_capacity(32 * (dhs.len() + 1));
+    secret.extend_from_slice(&[0xFF; 32]);
+    for dh in dhs {
+        secret.extend_from_slice(*dh);
+    }
+    let mut okm = [0u8; 64];
+    hkdf(None, &secret, ns.x3dh_info(), &mut okm).map_err(SessionError::Internal)?;
+    secret.zeroize();
+    let mut root = [0u8; 32];
+    let mut chain = [0u8; 32];
+    root.copy_from_slice(&okm[..32]);
+    chain.copy_from_slice(&okm[32..]);
+    okm.zeroize();
+    Ok((
+        RootKey(root),
+        ChainKey {
+            key: chain,
+            index: 0,
+        },
+    ))
+}
+
+/// Initiator: verifies the bundle, picks one of its pre-keys at random and builds a session whose
+/// messages carry the key exchange until the peer answers.
+pub(crate) fn initiate_0_3(
+    our_identity: &KeyPair,
+    bundle: &PreKeyBundle,
+    rng: &mut impl CryptoRngCore,
+) -> Result<SessionState, SessionError> {
+    let ns = Namespace::Oldmemo;
+    bundle.verify_0_3()?;
+    if bundle.pre_keys.is_empty() {
+        return Err(SessionError::BadBundle("no pre-keys"));
+    }
+    let pick = (rng.next_u64() % bundle.pre_keys.len() as u64) as usize;
+    let (pre_key_id, pre_key) = bundle.pre_keys[pick];
+    let base = KeyPair::generate(rng);
+    let dh1 = our_identity.private.agree(&bundle.signed_pre_key)?;
+    let dh2 = base.private.agree(&bundle.identity_key)?;
+    let dh3 = base.private.agree(&bundle.signed_pre_key)?;
+    let dh4 = base.private.agree(&pre_key)?;
+    let (root, _responder_chain) = derive(
+        ns,
+        &[
+            dh1.as_bytes(),
+            dh2.as_bytes(),
+            dh3.as_bytes(),
+            dh4.as_bytes(),
+        ],
+    )?;
+    let ratchet = KeyPair::generate(rng);
+    let (root, sending) = root.create_chain(ns, &bundle.signed_pre_key, &ratchet.private)?;
+    Ok(SessionState {
+        remote_identity: bundle.identity_key,
+        initiator: true,
+        base_key: base.public,
+        root,
+        sender_ratchet: ratchet,
+        sender_chain: sending,
+        previous_counter: 0,
+        receiver: None,
+        previous_receiver: None,
+        skipped: VecDeque::new(),
+        pending: Some(PendingKeyExchange {
+            pre_key_id: Some(pre_key_id),
+            signed_pre_key_id: bundle.signed_pre_key_id,
+        }),
+    })
+}
+
+/// Responder: the session a key exchange builds, before its embedded message is decrypted.
+pub(crate) fn respond_0_3(
+    our_identity: &KeyPair,
+    signed_pre_key: &KeyPair,
+    pre_key: &KeyPair,
+    their_identity: &PublicKey,
+    base_key: &PublicKey,
+) -> Result<SessionState, SessionError> {
+    let ns = Namespace::Oldmemo;
+    let dh1 = signed_pre_key.private.agree(their_identity)?;
+    let dh2 = our_identity.private.agree(base_key)?;
+    let dh3 = signed_pre_key.private.agree(base_key)?;
+    let dh4 = pre_key.private.agree(base_key)?;
+    let (root, chain) = derive(
+        ns,
+        &[
+            dh1.as_bytes(),
+            dh2.as_bytes(),
+            dh3.as_bytes(),
+            dh4.as_bytes(),
+        ],
+    )?;
+    Ok(SessionState {
+        remote_identity: *their_identity,
+        initiator: false,
+        base_key: *base_key,
+        root,
+        sender_ratchet: signed_pre_key.clone(),
+        sender_chain: chain,
+        previous_counter: 0,
+        receiver: None,
+        previous_receiver: None,
+        skipped: VecDeque::new(),
+        pending: None,
+    })
+}
