@@ -1,1 +1,176 @@
-fn main() {}
+//! `omemo-muc`: the command-line tool.
+//!
+//! ```text
+//! omemo-muc --store FILE --jid BAREJID <command> [options]
+//!   init
+//!   publish --pep DIR
+//!   encrypt --pep DIR --to JID[,JID...] [--room ROOMJID] [--id ID] [--plaintext TEXT]   (else stdin)
+//!   decrypt --pep DIR [--sender BAREJID]                                                  (stanza on stdin)
+//!   fingerprint
+//!   devices [--peer JID]
+//!   trust --peer JID --device ID --level verified|distrusted|blind
+//! ```
+//! Output is JSON (the stanza for `encrypt`). Errors print `{"error", "detail"}` and exit 1 (usage,
+//! environment) or 2 (the operation was refused, e.g. a message that does not decrypt).
+#![forbid(unsafe_code)]
+
+use std::{collections::HashMap, io::Read, process::ExitCode};
+
+use omemo_muc::{
+    cli::{CliError, Context},
+    pep_dir::PepDir,
+    session_store::TrustLevel,
+};
+use serde_json::json;
+
+const USAGE: &str = "usage: omemo-muc --store FILE --jid BAREJID <init|publish|encrypt|decrypt|fingerprint|devices|trust> [options]";
+
+/// Options that take a value; everything else is the command.
+const VALUED: &[&str] = &[
+    "--store",
+    "--jid",
+    "--pep",
+    "--to",
+    "--room",
+    "--id",
+    "--plaintext",
+    "--sender",
+    "--peer",
+    "--device",
+    "--level",
+];
+
+struct Args {
+    command: String,
+    opts: HashMap<String, Vec<String>>,
+}
+
+impl Args {
+    fn parse(argv: Vec<String>) -> Result<Self, CliError> {
+        let mut command = None;
+        let mut opts: HashMap<String, Vec<String>> = HashMap::new();
+        let mut it = argv.into_iter();
+        while let Some(a) = it.next() {
+            if a == "-h" || a == "--help" {
+                return Err(CliError::usage(USAGE));
+            }
+            let (name, inline) = match a.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+                _ => (a.clone(), None),
+            };
+            if VALUED.contains(&name.as_str()) {
+                let v = match inline {
+                    Some(v) => v,
+                    None => it
+                        .next()
+                        .ok_or_else(|| CliError::usage(format!("{name} needs a value")))?,
+                };
+                opts.entry(name).or_default().push(v);
+            } else if name.starts_with('-') {
+                return Err(CliError::usage(format!("unknown option {name}\n{USAGE}")));
+            } else if command.is_none() {
+                command = Some(a);
+            } else {
+                return Err(CliError::usage(format!(
+                    "unexpected argument {a:?}\n{USAGE}"
+                )));
+            }
+        }
+        Ok(Self {
+            command: command.ok_or_else(|| CliError::usage(USAGE))?,
+            opts,
+        })
+    }
+
+    fn one(&self, name: &str) -> Option<&str> {
+        self.opts
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
+    }
+
+    fn need(&self, name: &str) -> Result<&str, CliError> {
+        self.one(name)
+            .ok_or_else(|| CliError::usage(format!("{} needs {name}", self.command)))
+    }
+
+    /// Comma-separated and repeatable.
+    fn list(&self, name: &str) -> Vec<String> {
+        self.opts
+            .get(name)
+            .into_iter()
+            .flatten()
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn stdin_text() -> Result<String, CliError> {
+    let mut s = String::new();
+    std::io::stdin()
+        .take(16 * 1024 * 1024)
+        .read_to_string(&mut s)
+        .map_err(|e| CliError::usage(format!("reading stdin: {e}")))?;
+    Ok(s)
+}
+
+fn run(args: &Args) -> Result<String, CliError> {
+    let mut ctx = Context::open(args.need("--store")?, args.need("--jid")?)?;
+    let pep = || args.need("--pep").map(PepDir::new);
+    let out = match args.command.as_str() {
+        "init" => ctx.init()?,
+        "fingerprint" => ctx.fingerprint()?,
+        "publish" => ctx.publish(&pep()?)?,
+        "encrypt" => {
+            let to = args.list("--to");
+            if to.is_empty() {
+                return Err(CliError::usage("encrypt needs --to JID[,JID...]"));
+            }
+            let text = match args.one("--plaintext") {
+                Some(t) => t.to_owned(),
+                None => stdin_text()?,
+            };
+            let (stanza, _coverage) =
+                ctx.encrypt(&pep()?, &to, args.one("--room"), args.one("--id"), &text)?;
+            return Ok(stanza);
+        }
+        "decrypt" => ctx.decrypt(&pep()?, &stdin_text()?, args.one("--sender"))?,
+        "devices" => ctx.devices(args.one("--peer"))?,
+        "trust" => {
+            let device = args
+                .need("--device")?
+                .parse()
+                .map_err(|_| CliError::usage("--device must be a number"))?;
+            let level = TrustLevel::parse(args.need("--level")?)
+                .ok_or_else(|| CliError::usage("--level must be verified, distrusted or blind"))?;
+            ctx.trust(args.need("--peer")?, device, level)?
+        }
+        other => {
+            return Err(CliError::usage(format!(
+                "unknown command {other:?}\n{USAGE}"
+            )))
+        }
+    };
+    Ok(out.to_string())
+}
+
+fn main() -> ExitCode {
+    let result = Args::parse(std::env::args().skip(1).collect()).and_then(|a| run(&a));
+    match result {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let body = json!({"error": e.kind, "detail": e.detail});
+            if e.code == 2 {
+                println!("{body}");
+            }
+            eprintln!("omemo-muc: {}: {}", e.kind, e.detail);
+            ExitCode::from(u8::try_from(e.code).unwrap_or(1))
+        }
+    }
+}

@@ -1,1 +1,18 @@
+//! # fan-out-encryptor
+//!
+//! OMEMO XML for both namespaces' elements, encrypt-once messages whose key is wrapped per recipient
+//! device, and decryption of received stanzas. Sans-IO: bundles and device lists come in as parsed
+//! elements, stanzas and change sets go out.
 #![forbid(unsafe_code)]
+
+pub mod decrypt;
+pub mod encrypt;
+pub mod error;
+pub mod payload;
+pub mod xml;
+
+pub use decrypt::{decrypt_0_3, Decrypted};
+pub use encrypt::{
+    encrypt_0_3, missing_sessions_0_3, recipient_devices, Coverage, EncryptedMessage, SkipReason,
+};
+pub use error::{DecryptError, EncryptError, XmlError};

@@ -1,0 +1,48 @@
+//! OMEMO XML: device lists, bundles and `<encrypted>` elements, and the `<message>` around them.
+
+pub mod stanza;
+pub mod v0_3;
+
+use minidom::Element;
+
+use crate::error::XmlError;
+
+/// Parses XML text into an element. Malformed input is an error value, never a panic.
+pub fn parse_element(text: &str) -> Result<Element, XmlError> {
+    text.trim()
+        .parse::<Element>()
+        .map_err(|e| XmlError::Syntax(e.to_string()))
+}
+
+/// Finds the first element named `name` in namespace `ns` at or below `root` (depth-first), the way the
+/// oracle looks for an item's payload inside a PEP file or a wrapping `<item>`.
+pub fn find_descendant<'a>(root: &'a Element, name: &str, ns: &str) -> Option<&'a Element> {
+    if root.is(name, ns) {
+        return Some(root);
+    }
+    // Iterative, so that deep nesting cannot exhaust the stack.
+    let mut stack: Vec<&Element> = root.children().collect();
+    stack.reverse();
+    while let Some(e) = stack.pop() {
+        if e.is(name, ns) {
+            return Some(e);
+        }
+        let before = stack.len();
+        stack.extend(e.children());
+        stack[before..].reverse();
+    }
+    None
+}
+
+/// Removes whitespace from every text node below `elem`. OMEMO elements carry only base64 text, which
+/// some clients wrap over several lines.
+pub(crate) fn strip_base64_whitespace(elem: &mut Element) {
+    for t in elem.texts_mut() {
+        if t.bytes().any(|b| b.is_ascii_whitespace()) {
+            t.retain(|c| !c.is_ascii_whitespace());
+        }
+    }
+    for child in elem.children_mut() {
+        strip_base64_whitespace(child);
+    }
+}

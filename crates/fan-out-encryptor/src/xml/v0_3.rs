@@ -1,0 +1,178 @@
+//! OMEMO 0.3 (`eu.siacs.conversations.axolotl`) elements through `xmpp_parsers::legacy_omemo`.
+
+use minidom::Element;
+use session_store::{keys::valid_device_id, DeviceId, PreKeyBundle, PublicKey};
+use xmpp_parsers::legacy_omemo::{
+    Bundle, Device, DeviceList, Encrypted, IdentityKey, PreKeyPublic, Prekeys, SignedPreKeyPublic,
+    SignedPreKeySignature,
+};
+
+use super::strip_base64_whitespace;
+use crate::error::XmlError;
+
+/// The namespace.
+pub const NS: &str = "eu.siacs.conversations.axolotl";
+/// The device list PEP node.
+pub const DEVICE_LIST_NODE: &str = "eu.siacs.conversations.axolotl.devicelist";
+/// The PEP node of one device's bundle.
+pub fn bundle_node(device: DeviceId) -> String {
+    format!("eu.siacs.conversations.axolotl.bundles:{device}")
+}
+
+fn invalid(element: &'static str, detail: impl ToString) -> XmlError {
+    XmlError::Invalid {
+        element,
+        detail: detail.to_string(),
+    }
+}
+
+/// Reads a `<list>`: valid device ids, deduplicated, in order.
+pub fn parse_device_list(elem: &Element) -> Result<Vec<DeviceId>, XmlError> {
+    let list = DeviceList::try_from(elem.clone()).map_err(|e| invalid("list", e))?;
+    let mut out: Vec<DeviceId> = Vec::with_capacity(list.devices.len());
+    for d in list.devices {
+        if valid_device_id(d.id) && !out.contains(&d.id) {
+            out.push(d.id);
+        }
+    }
+    Ok(out)
+}
+
+/// Builds a `<list>`.
+pub fn device_list(devices: &[DeviceId]) -> Element {
+    DeviceList {
+        devices: devices.iter().map(|&id| Device { id }).collect(),
+    }
+    .into()
+}
+
+/// Reads a `<bundle>` into a [`PreKeyBundle`] (the signature is checked when a session is built).
+pub fn parse_bundle(elem: &Element) -> Result<PreKeyBundle, XmlError> {
+    let mut elem = elem.clone();
+    strip_base64_whitespace(&mut elem);
+    let b = Bundle::try_from(elem).map_err(|e| invalid("bundle", e))?;
+    let spk = b
+        .signed_pre_key_public
+        .ok_or_else(|| invalid("bundle", "no signedPreKeyPublic"))?;
+    let sig = b
+        .signed_pre_key_signature
+        .ok_or_else(|| invalid("bundle", "no signedPreKeySignature"))?;
+    let ik = b
+        .identity_key
+        .ok_or_else(|| invalid("bundle", "no identityKey"))?;
+    let key = |what: &'static str, data: &[u8]| {
+        PublicKey::deserialize(data).map_err(|e| invalid(what, e))
+    };
+    let mut pre_keys = Vec::new();
+    for pk in b.prekeys.map(|p| p.keys).unwrap_or_default() {
+        pre_keys.push((pk.pre_key_id, key("preKeyPublic", &pk.data)?));
+    }
+    if sig.data.len() != 64 {
+        return Err(invalid(
+            "signedPreKeySignature",
+            format!("{} bytes", sig.data.len()),
+        ));
+    }
+    Ok(PreKeyBundle {
+        identity_key: key("identityKey", &ik.data)?,
+        // Conversations always writes the id; a missing one is read as 0, which python-omemo does too.
+        signed_pre_key_id: spk.signed_pre_key_id.unwrap_or(0),
+        signed_pre_key: key("signedPreKeyPublic", &spk.data)?,
+        signed_pre_key_signature: sig.data,
+        pre_keys,
+    })
+}
+
+/// Builds a `<bundle>`.
+pub fn bundle(b: &PreKeyBundle) -> Element {
+    Bundle {
+        signed_pre_key_public: Some(SignedPreKeyPublic {
+            signed_pre_key_id: Some(b.signed_pre_key_id),
+            data: b.signed_pre_key.serialize().to_vec(),
+        }),
+        signed_pre_key_signature: Some(SignedPreKeySignature {
+            data: b.signed_pre_key_signature.clone(),
+        }),
+        identity_key: Some(IdentityKey {
+            data: b.identity_key.serialize().to_vec(),
+        }),
+        prekeys: Some(Prekeys {
+            keys: b
+                .pre_keys
+                .iter()
+                .map(|(id, k)| PreKeyPublic {
+                    pre_key_id: *id,
+                    data: k.serialize().to_vec(),
+                })
+                .collect(),
+        }),
+    }
+    .into()
+}
+
+/// Reads an `<encrypted>` element (base64 whitespace tolerated; `prekey` may be `true` or `1`).
+pub fn parse_encrypted(elem: &Element) -> Result<Encrypted, XmlError> {
+    let mut elem = elem.clone();
+    strip_base64_whitespace(&mut elem);
+    Encrypted::try_from(elem).map_err(|e| invalid("encrypted", e))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::xml::{find_descendant, parse_element};
+
+    fn fixture(name: &str) -> Option<Element> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/realworld/fixtures")
+            .join(name);
+        let text = std::fs::read_to_string(path).ok()?;
+        parse_element(&text).ok()
+    }
+
+    #[test]
+    fn real_bundle_and_device_list() {
+        let Some(stanza) = fixture("pep-oldmemo-bundle-fetch.recv.xml") else {
+            return;
+        };
+        let b = find_descendant(&stanza, "bundle", NS).unwrap();
+        let parsed = parse_bundle(b).unwrap();
+        assert_eq!(parsed.pre_keys.len(), 3);
+        // The fixture's bundle was trimmed, not re-signed: its signature still verifies.
+        parsed.verify_0_3().unwrap();
+        let again = parse_bundle(&bundle(&parsed)).unwrap();
+        assert_eq!(again, parsed);
+        let Some(stanza) = fixture("pep-oldmemo-devicelist-fetch.recv.xml") else {
+            return;
+        };
+        let l = find_descendant(&stanza, "list", NS).unwrap();
+        assert!(!parse_device_list(l).unwrap().is_empty());
+    }
+
+    #[test]
+    fn liberal_attributes_and_bad_input() {
+        let e = parse_element(
+            "<encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='5'><key rid='7' prekey='1'>AA\n  AA</key><key rid='8' prekey='true'>AAAA</key><key rid='9'>AAAA</key><iv>AAAAAAAAAAAAAAAA</iv></header></encrypted>",
+        )
+        .unwrap();
+        let enc = parse_encrypted(&e).unwrap();
+        assert_eq!(
+            enc.header.keys.iter().map(|k| k.prekey).collect::<Vec<_>>(),
+            vec![true, true, false]
+        );
+        assert_eq!(enc.header.keys[0].data, vec![0, 0, 0]);
+        assert!(parse_element("<encrypted").is_err());
+        let no_iv = parse_element(
+            "<encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='5'/></encrypted>",
+        )
+        .unwrap();
+        assert!(parse_encrypted(&no_iv).is_err());
+        let bad_list =
+            parse_element("<list xmlns='eu.siacs.conversations.axolotl'><device id='x'/></list>")
+                .unwrap();
+        assert!(parse_device_list(&bad_list).is_err());
+        let list = parse_element("<list xmlns='eu.siacs.conversations.axolotl'><device id='0'/><device id='3'/><device id='3'/></list>").unwrap();
+        assert_eq!(parse_device_list(&list).unwrap(), vec![3]);
+    }
+}
