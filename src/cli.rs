@@ -236,7 +236,7 @@ impl Context {
             eme_namespace: v0_3::NS,
             fallback_body: true,
         };
-        let stanza = stanza::build_message(&headers, vec![msg.encrypted.into()]);
+        let stanza = stanza::build_message(&headers, vec![v0_3::encrypted(msg.encrypted)]);
         Ok((
             String::from(&stanza),
             coverage_json(&msg.coverage, &failures),

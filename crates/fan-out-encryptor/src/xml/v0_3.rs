@@ -110,6 +110,18 @@ pub fn bundle(b: &PreKeyBundle) -> Element {
     .into()
 }
 
+/// Builds the `<encrypted>` element. `prekey` is written only when true, as libsignal clients do.
+pub fn encrypted(enc: Encrypted) -> Element {
+    let mut elem: Element = enc.into();
+    if let Some(header) = elem.get_child_mut("header", NS) {
+        for key in header.children_mut().filter(|c| c.is("key", NS)) {
+            key.attrs_mut()
+                .retain(|_, name, value| !(name.as_str() == "prekey" && value.as_str() == "false"));
+        }
+    }
+    elem
+}
+
 /// Reads an `<encrypted>` element (base64 whitespace tolerated; `prekey` may be `true` or `1`).
 pub fn parse_encrypted(elem: &Element) -> Result<Encrypted, XmlError> {
     let mut elem = elem.clone();

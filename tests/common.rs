@@ -1,0 +1,240 @@
+//! Shared helpers for the scenario tests: run our binary and the oracle side by side in a scratch
+//! directory with one PEP directory.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use serde_json::Value;
+
+/// The oracle launcher: `$OMEMO_ORACLE`, else `../shared/oracle/oracle` beside the project.
+pub fn oracle_path() -> PathBuf {
+    if let Ok(p) = std::env::var("OMEMO_ORACLE") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/oracle/oracle")
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("omemo-muc-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir }
+    }
+    pub fn pep(&self) -> PathBuf {
+        self.dir.join("pep")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::env::var_os("KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    {
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            pipe.write_all(s.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// One of our devices: a store file and a JID.
+pub struct Ours<'a> {
+    pub s: &'a Scratch,
+    pub jid: String,
+    pub store: PathBuf,
+}
+
+impl<'a> Ours<'a> {
+    pub fn new(s: &'a Scratch, jid: &str, name: &str) -> Self {
+        let me = Self {
+            s,
+            jid: jid.into(),
+            store: s.dir.join(format!("{name}.sqlite3")),
+        };
+        let init = me.ok(&["init"], None);
+        assert!(init["device_id"].as_u64().unwrap() > 0);
+        me.ok(&["publish"], None);
+        me
+    }
+    pub fn cmd(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_omemo-muc"));
+        c.arg("--store")
+            .arg(&self.store)
+            .arg("--jid")
+            .arg(&self.jid);
+        c.args(args);
+        if matches!(args.first(), Some(&"publish" | &"encrypt" | &"decrypt")) {
+            c.arg("--pep").arg(self.s.pep());
+        }
+        run(c, stdin)
+    }
+    pub fn ok(&self, args: &[&str], stdin: Option<&str>) -> Value {
+        let o = self.cmd(args, stdin);
+        assert!(
+            o.status.success(),
+            "omemo-muc {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+    pub fn device_id(&self) -> u64 {
+        self.ok(&["fingerprint"], None)["device_id"]
+            .as_u64()
+            .unwrap()
+    }
+    pub fn encrypt(&self, to: &[&str], text: &str) -> String {
+        let o = self.cmd(
+            &["encrypt", "--to", &to.join(","), "--plaintext", text],
+            None,
+        );
+        assert!(
+            o.status.success(),
+            "encrypt failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+    pub fn decrypt(&self, stanza: &str, sender: &str) -> Result<Value, Value> {
+        let o = self.cmd(&["decrypt", "--sender", sender], Some(stanza));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+            panic!(
+                "no JSON from decrypt: {}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        });
+        match o.status.code() {
+            Some(0) => Ok(v),
+            Some(2) => Err(v),
+            other => panic!(
+                "decrypt exit {other:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        }
+    }
+}
+
+/// One oracle (python-omemo) device.
+pub struct Oracle<'a> {
+    pub s: &'a Scratch,
+    pub jid: String,
+    pub state: PathBuf,
+}
+
+impl<'a> Oracle<'a> {
+    pub fn new(s: &'a Scratch, jid: &str, name: &str) -> Self {
+        let path = oracle_path();
+        assert!(
+            path.exists(),
+            "the oracle is missing at {} (set OMEMO_ORACLE, or run ../shared/oracle/setup.sh)",
+            path.display()
+        );
+        let me = Self {
+            s,
+            jid: jid.into(),
+            state: s.dir.join(format!("{name}.json")),
+        };
+        me.ok(&["init", "--ns", "oldmemo"], None);
+        me
+    }
+    pub fn cmd(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = Command::new(oracle_path());
+        c.arg(args[0])
+            .arg("--pep")
+            .arg(self.s.pep())
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--jid")
+            .arg(&self.jid);
+        c.args(&args[1..]);
+        run(c, stdin)
+    }
+    pub fn ok(&self, args: &[&str], stdin: Option<&str>) -> Value {
+        let o = self.cmd(args, stdin);
+        assert!(
+            o.status.success(),
+            "oracle {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+    }
+    pub fn device_id(&self) -> u64 {
+        self.ok(&["fingerprint"], None)["device_id"]
+            .as_u64()
+            .unwrap()
+    }
+    pub fn encrypt(&self, to: &[&str], text: &str) -> String {
+        let o = self.cmd(
+            &[
+                "encrypt",
+                "--to",
+                &to.join(","),
+                "--ns",
+                "oldmemo",
+                "--plaintext",
+                text,
+            ],
+            None,
+        );
+        assert!(
+            o.status.success(),
+            "oracle encrypt failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+    pub fn decrypt(&self, stanza: &str, sender: &str) -> Result<Value, Value> {
+        let o = self.cmd(&["decrypt", "--sender", sender], Some(stanza));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        match o.status.code() {
+            Some(0) => Ok(v),
+            Some(2) => Err(v),
+            other => panic!(
+                "oracle decrypt exit {other:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        }
+    }
+}
+
+/// Flips one bit inside the base64 text of the first element named `tag` (keeping it valid base64).
+pub fn tamper(stanza: &str, tag: &str) -> String {
+    let open = stanza.find(&format!("<{tag}")).unwrap();
+    let start = open + stanza[open..].find('>').unwrap() + 1;
+    let end = start + stanza[start..].find('<').unwrap();
+    use base64::Engine as _;
+    let eng = base64::engine::general_purpose::STANDARD;
+    let mut bytes = eng.decode(&stanza[start..end]).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    format!(
+        "{}{}{}",
+        &stanza[..start],
+        eng.encode(bytes),
+        &stanza[end..]
+    )
+}
