@@ -15,8 +15,8 @@ use fan_out_encryptor::{
 use rand_core::{CryptoRngCore, OsRng};
 use serde_json::{json, Value};
 use session_store::{
-    account, session, Account, AccountStore, Changes, DeviceListStore, IdentityStore, Namespace,
-    SessionAddress, SessionError, SessionStore, SqliteStore, Store, StoreError, TrustLevel,
+    account, session, Account, AccountStore, Changes, DeviceListStore, IdentityStore, Namespace, SessionAddress,
+    SessionError, SessionStore, SqliteStore, Store, StoreError, TrustLevel,
 };
 
 use crate::pep_dir::{PepDir, PepError};
@@ -36,37 +36,21 @@ pub struct CliError {
 impl CliError {
     /// A usage error (exit 1).
     pub fn usage(detail: impl Into<String>) -> Self {
-        Self {
-            kind: "usage",
-            detail: detail.into(),
-            code: 1,
-        }
+        Self { kind: "usage", detail: detail.into(), code: 1 }
     }
     fn refused(kind: &'static str, detail: impl ToString) -> Self {
-        Self {
-            kind,
-            detail: detail.to_string(),
-            code: 2,
-        }
+        Self { kind, detail: detail.to_string(), code: 2 }
     }
 }
 
 impl From<StoreError> for CliError {
     fn from(e: StoreError) -> Self {
-        Self {
-            kind: "store",
-            detail: e.to_string(),
-            code: 1,
-        }
+        Self { kind: "store", detail: e.to_string(), code: 1 }
     }
 }
 impl From<PepError> for CliError {
     fn from(e: PepError) -> Self {
-        Self {
-            kind: "pep",
-            detail: e.to_string(),
-            code: 1,
-        }
+        Self { kind: "pep", detail: e.to_string(), code: 1 }
     }
 }
 impl From<SessionError> for CliError {
@@ -81,10 +65,7 @@ impl From<EncryptError> for CliError {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// The store file and our JID, as every command needs them.
@@ -98,29 +79,19 @@ impl Context {
     /// Opens the store; `jid` must match the account in it, if there is one.
     pub fn open(path: &str, jid: &str) -> Result<Self, CliError> {
         if jid.is_empty() || jid.contains('/') || !jid.contains('@') {
-            return Err(CliError::usage(format!(
-                "--jid must be a bare JID, got {jid:?}"
-            )));
+            return Err(CliError::usage(format!("--jid must be a bare JID, got {jid:?}")));
         }
         let store = SqliteStore::open(path)?;
         if let Some(acc) = store.account()? {
             if acc.jid != jid {
-                return Err(CliError::usage(format!(
-                    "store {path} belongs to {}, not {jid}",
-                    acc.jid
-                )));
+                return Err(CliError::usage(format!("store {path} belongs to {}, not {jid}", acc.jid)));
             }
         }
-        Ok(Self {
-            store,
-            jid: jid.to_owned(),
-        })
+        Ok(Self { store, jid: jid.to_owned() })
     }
 
     fn account(&self) -> Result<Account, CliError> {
-        self.store
-            .account()?
-            .ok_or_else(|| CliError::usage("no device in this store yet: run `init` first"))
+        self.store.account()?.ok_or_else(|| CliError::usage("no device in this store yet: run `init` first"))
     }
 
     /// `init`: creates the device if the store is new.
@@ -131,9 +102,7 @@ impl Context {
             self.store.apply(&changes)?;
         }
         let acc = self.account()?;
-        Ok(
-            json!({"jid": acc.jid, "device_id": acc.device_id, "fingerprint": acc.fingerprint(), "created": created}),
-        )
+        Ok(json!({"jid": acc.jid, "device_id": acc.device_id, "fingerprint": acc.fingerprint(), "created": created}))
     }
 
     /// `fingerprint`.
@@ -161,9 +130,7 @@ impl Context {
         }
         let bundle = account::own_bundle(&self.store)?;
         pep.set_bundle(&acc.jid, acc.device_id, &bundle)?;
-        Ok(
-            json!({"jid": acc.jid, "device_id": acc.device_id, "devices": list, "pre_keys": bundle.pre_keys.len()}),
-        )
+        Ok(json!({"jid": acc.jid, "device_id": acc.device_id, "devices": list, "pre_keys": bundle.pre_keys.len()}))
     }
 
     /// Reads the device lists of `jids` from PEP into the store, then builds the missing sessions from
@@ -181,9 +148,7 @@ impl Context {
         for jid in &all {
             let devices = pep.device_list(jid)?;
             if !devices.is_empty() || self.store.device_list(Namespace::Oldmemo, jid)?.is_some() {
-                lists
-                    .device_lists
-                    .push((Namespace::Oldmemo, jid.clone(), devices));
+                lists.device_lists.push((Namespace::Oldmemo, jid.clone(), devices));
             }
         }
         self.store.apply(&lists)?;
@@ -198,8 +163,7 @@ impl Context {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if let Err(e) = session::initiate(&self.store, &acc, &addr, &bundle, &mut changes, rng)
-            {
+            if let Err(e) = session::initiate(&self.store, &acc, &addr, &bundle, &mut changes, rng) {
                 failures.push((addr, e.to_string()));
             }
         }
@@ -217,47 +181,30 @@ impl Context {
     ) -> Result<(String, Value), CliError> {
         let mut rng = OsRng;
         let (changes, failures) = self.prepare_sessions(pep, to, &mut rng)?;
-        let msg = fan_out_encryptor::encrypt_0_3(
-            &self.store,
-            to,
-            Some(plaintext.as_bytes()),
-            changes,
-            &mut rng,
-        )?;
+        let msg = fan_out_encryptor::encrypt_0_3(&self.store, to, Some(plaintext.as_bytes()), changes, &mut rng)?;
         // Persist every advanced session before the stanza is handed out.
         self.store.apply(&msg.changes)?;
         let id = id.map(str::to_owned).unwrap_or_else(|| random_id(&mut rng));
         let headers = MessageHeaders {
-            to: room
-                .map(str::to_owned)
-                .or_else(|| (to.len() == 1).then(|| to[0].clone())),
+            to: room.map(str::to_owned).or_else(|| (to.len() == 1).then(|| to[0].clone())),
             groupchat: room.is_some(),
             id,
             eme_namespace: v0_3::NS,
             fallback_body: true,
         };
         let stanza = stanza::build_message(&headers, vec![v0_3::encrypted(msg.encrypted)]);
-        Ok((
-            String::from(&stanza),
-            coverage_json(&msg.coverage, &failures),
-        ))
+        Ok((String::from(&stanza), coverage_json(&msg.coverage, &failures)))
     }
 
     /// `decrypt`: a stanza (or several, one per line) on input.
-    pub fn decrypt(
-        &mut self,
-        pep: &PepDir,
-        input: &str,
-        sender: Option<&str>,
-    ) -> Result<Value, CliError> {
+    pub fn decrypt(&mut self, pep: &PepDir, input: &str, sender: Option<&str>) -> Result<Value, CliError> {
         let acc = self.account()?;
         let stanzas = parse_stanzas(input)?;
         // The first OMEMO 0.3 element with a key for this device is ours.
         let mut chosen = None;
         for st in &stanzas {
             if let Some(enc) = find_descendant(st, "encrypted", v0_3::NS) {
-                let parsed =
-                    v0_3::parse_encrypted(enc).map_err(|e| CliError::refused("malformed", e))?;
+                let parsed = v0_3::parse_encrypted(enc).map_err(|e| CliError::refused("malformed", e))?;
                 let for_us = parsed.header.keys.iter().any(|k| k.rid == acc.device_id);
                 if chosen.is_none() || for_us {
                     chosen = Some((st, parsed, for_us));
@@ -268,27 +215,21 @@ impl Context {
             }
         }
         let Some((stanza_el, encrypted, _)) = chosen else {
-            return Err(CliError::refused(
-                "not-encrypted",
-                DecryptError::NotEncrypted,
-            ));
+            return Err(CliError::refused("not-encrypted", DecryptError::NotEncrypted));
         };
         let message = find_descendant(stanza_el, "message", "jabber:client").unwrap_or(stanza_el);
         let sender_jid = match sender {
             Some(s) => s.to_owned(),
             None if message.attr("type") == Some("groupchat") => {
-                return Err(CliError::usage(
-                    "a groupchat message needs --sender (the sender's real bare JID)",
-                ))
+                return Err(CliError::usage("a groupchat message needs --sender (the sender's real bare JID)"))
             }
             None => message
                 .attr("from")
                 .map(|f| stanza::bare(f).to_owned())
                 .ok_or_else(|| CliError::usage("the stanza has no from; give --sender"))?,
         };
-        let (out, changes) =
-            fan_out_encryptor::decrypt_0_3(&self.store, &encrypted, &sender_jid, &mut OsRng)
-                .map_err(|e| CliError::refused(decrypt_kind(&e), e))?;
+        let (out, changes) = fan_out_encryptor::decrypt_0_3(&self.store, &encrypted, &sender_jid, &mut OsRng)
+            .map_err(|e| CliError::refused(decrypt_kind(&e), e))?;
         self.store.apply(&changes)?;
         let mut republished = false;
         if out.consumed_pre_key.is_some() {
@@ -296,10 +237,7 @@ impl Context {
             republished = true;
         }
         let (plaintext, b64) = match &out.plaintext {
-            Some(p) => (
-                Some(String::from_utf8_lossy(p).into_owned()),
-                Some(base64_std(p)),
-            ),
+            Some(p) => (Some(String::from_utf8_lossy(p).into_owned()), Some(base64_std(p))),
             None => (None, None),
         };
         Ok(json!({
@@ -322,10 +260,7 @@ impl Context {
     pub fn devices(&self, peer: Option<&str>) -> Result<Value, CliError> {
         let acc = self.account()?;
         let jid = peer.unwrap_or(&acc.jid);
-        let mut ids = self
-            .store
-            .device_list(Namespace::Oldmemo, jid)?
-            .unwrap_or_default();
+        let mut ids = self.store.device_list(Namespace::Oldmemo, jid)?.unwrap_or_default();
         for d in self.store.session_devices(Namespace::Oldmemo, jid)? {
             if !ids.contains(&d) {
                 ids.push(d);
@@ -335,14 +270,8 @@ impl Context {
         let mut out = Vec::new();
         for d in ids {
             let own = jid == acc.jid && d == acc.device_id;
-            let record = self
-                .store
-                .session(&SessionAddress::new(Namespace::Oldmemo, jid, d))?;
-            let key = if own {
-                Some(acc.identity.public)
-            } else {
-                self.store.identity(jid, d)?
-            };
+            let record = self.store.session(&SessionAddress::new(Namespace::Oldmemo, jid, d))?;
+            let key = if own { Some(acc.identity.public) } else { self.store.identity(jid, d)? };
             let trust = match &key {
                 Some(k) if !own => self.store.trust(jid, k)?.map(|t| t.name()),
                 _ => None,
@@ -364,20 +293,13 @@ impl Context {
 
     /// `trust --peer JID --device ID --level LEVEL`.
     pub fn trust(&mut self, peer: &str, device: u32, level: TrustLevel) -> Result<Value, CliError> {
-        let key = self.store.identity(peer, device)?.ok_or_else(|| {
-            CliError::refused(
-                "unknown-device",
-                format!("no identity key known for {peer}/{device}"),
-            )
-        })?;
-        let changes = Changes {
-            trust: vec![(peer.to_owned(), key, level)],
-            ..Changes::default()
-        };
+        let key = self
+            .store
+            .identity(peer, device)?
+            .ok_or_else(|| CliError::refused("unknown-device", format!("no identity key known for {peer}/{device}")))?;
+        let changes = Changes { trust: vec![(peer.to_owned(), key, level)], ..Changes::default() };
         self.store.apply(&changes)?;
-        Ok(
-            json!({"jid": peer, "device_id": device, "fingerprint": key.fingerprint(), "trust": level.name()}),
-        )
+        Ok(json!({"jid": peer, "device_id": device, "fingerprint": key.fingerprint(), "trust": level.name()}))
     }
 }
 

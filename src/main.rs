@@ -23,7 +23,8 @@ use omemo_muc::{
 };
 use serde_json::json;
 
-const USAGE: &str = "usage: omemo-muc --store FILE --jid BAREJID <init|publish|encrypt|decrypt|fingerprint|devices|trust> [options]";
+const USAGE: &str =
+    "usage: omemo-muc --store FILE --jid BAREJID <init|publish|encrypt|decrypt|fingerprint|devices|trust> [options]";
 
 /// Options that take a value; everything else is the command.
 const VALUED: &[&str] = &[
@@ -61,9 +62,7 @@ impl Args {
             if VALUED.contains(&name.as_str()) {
                 let v = match inline {
                     Some(v) => v,
-                    None => it
-                        .next()
-                        .ok_or_else(|| CliError::usage(format!("{name} needs a value")))?,
+                    None => it.next().ok_or_else(|| CliError::usage(format!("{name} needs a value")))?,
                 };
                 opts.entry(name).or_default().push(v);
             } else if name.starts_with('-') {
@@ -71,27 +70,18 @@ impl Args {
             } else if command.is_none() {
                 command = Some(a);
             } else {
-                return Err(CliError::usage(format!(
-                    "unexpected argument {a:?}\n{USAGE}"
-                )));
+                return Err(CliError::usage(format!("unexpected argument {a:?}\n{USAGE}")));
             }
         }
-        Ok(Self {
-            command: command.ok_or_else(|| CliError::usage(USAGE))?,
-            opts,
-        })
+        Ok(Self { command: command.ok_or_else(|| CliError::usage(USAGE))?, opts })
     }
 
     fn one(&self, name: &str) -> Option<&str> {
-        self.opts
-            .get(name)
-            .and_then(|v| v.last())
-            .map(String::as_str)
+        self.opts.get(name).and_then(|v| v.last()).map(String::as_str)
     }
 
     fn need(&self, name: &str) -> Result<&str, CliError> {
-        self.one(name)
-            .ok_or_else(|| CliError::usage(format!("{} needs {name}", self.command)))
+        self.one(name).ok_or_else(|| CliError::usage(format!("{} needs {name}", self.command)))
     }
 
     /// Comma-separated and repeatable.
@@ -133,26 +123,18 @@ fn run(args: &Args) -> Result<String, CliError> {
                 Some(t) => t.to_owned(),
                 None => stdin_text()?,
             };
-            let (stanza, _coverage) =
-                ctx.encrypt(&pep()?, &to, args.one("--room"), args.one("--id"), &text)?;
+            let (stanza, _coverage) = ctx.encrypt(&pep()?, &to, args.one("--room"), args.one("--id"), &text)?;
             return Ok(stanza);
         }
         "decrypt" => ctx.decrypt(&pep()?, &stdin_text()?, args.one("--sender"))?,
         "devices" => ctx.devices(args.one("--peer"))?,
         "trust" => {
-            let device = args
-                .need("--device")?
-                .parse()
-                .map_err(|_| CliError::usage("--device must be a number"))?;
+            let device = args.need("--device")?.parse().map_err(|_| CliError::usage("--device must be a number"))?;
             let level = TrustLevel::parse(args.need("--level")?)
                 .ok_or_else(|| CliError::usage("--level must be verified, distrusted or blind"))?;
             ctx.trust(args.need("--peer")?, device, level)?
         }
-        other => {
-            return Err(CliError::usage(format!(
-                "unknown command {other:?}\n{USAGE}"
-            )))
-        }
+        other => return Err(CliError::usage(format!("unknown command {other:?}\n{USAGE}"))),
     };
     Ok(out.to_string())
 }

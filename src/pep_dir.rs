@@ -71,18 +71,12 @@ impl PepDir {
         match fs::read_to_string(path) {
             Ok(s) => Ok(Some(s)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(PepError::Io {
-                path: path.to_owned(),
-                source,
-            }),
+            Err(source) => Err(PepError::Io { path: path.to_owned(), source }),
         }
     }
 
     fn write(path: &Path, text: &str) -> Result<(), PepError> {
-        let io_err = |source| PepError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io_err = |source| PepError::Io { path: path.to_owned(), source };
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io_err)?;
         }
@@ -98,13 +92,9 @@ impl PepDir {
         let Some(text) = Self::read(&path)? else {
             return Ok(Vec::new());
         };
-        let invalid = |detail: String| PepError::Invalid {
-            path: path.clone(),
-            detail,
-        };
+        let invalid = |detail: String| PepError::Invalid { path: path.clone(), detail };
         let root = parse_element(&text).map_err(|e| invalid(e.to_string()))?;
-        let list =
-            find_descendant(&root, "list", v0_3::NS).ok_or_else(|| invalid("no <list>".into()))?;
+        let list = find_descendant(&root, "list", v0_3::NS).ok_or_else(|| invalid("no <list>".into()))?;
         v0_3::parse_device_list(list).map_err(|e| invalid(e.to_string()))
     }
 
@@ -118,28 +108,16 @@ impl PepDir {
     pub fn bundle(&self, jid: &str, device: DeviceId) -> Result<PreKeyBundle, PepError> {
         let path = self.dir(jid)?.join(format!("bundle-{device}.xml"));
         let Some(text) = Self::read(&path)? else {
-            return Err(PepError::BundleNotFound {
-                jid: jid.to_owned(),
-                device,
-            });
+            return Err(PepError::BundleNotFound { jid: jid.to_owned(), device });
         };
-        let invalid = |detail: String| PepError::Invalid {
-            path: path.clone(),
-            detail,
-        };
+        let invalid = |detail: String| PepError::Invalid { path: path.clone(), detail };
         let root = parse_element(&text).map_err(|e| invalid(e.to_string()))?;
-        let b = find_descendant(&root, "bundle", v0_3::NS)
-            .ok_or_else(|| invalid("no <bundle>".into()))?;
+        let b = find_descendant(&root, "bundle", v0_3::NS).ok_or_else(|| invalid("no <bundle>".into()))?;
         v0_3::parse_bundle(b).map_err(|e| invalid(e.to_string()))
     }
 
     /// Publishes a bundle.
-    pub fn set_bundle(
-        &self,
-        jid: &str,
-        device: DeviceId,
-        bundle: &PreKeyBundle,
-    ) -> Result<(), PepError> {
+    pub fn set_bundle(&self, jid: &str, device: DeviceId, bundle: &PreKeyBundle) -> Result<(), PepError> {
         let path = self.dir(jid)?.join(format!("bundle-{device}.xml"));
         Self::write(&path, &String::from(&v0_3::bundle(bundle)))
     }

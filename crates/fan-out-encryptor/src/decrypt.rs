@@ -32,15 +32,7 @@ pub struct Decrypted {
 
 impl fmt::Debug for Decrypted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self {
-            plaintext,
-            sender_jid: _,
-            sender_device,
-            namespace,
-            kex,
-            identity,
-            consumed_pre_key,
-        } = self;
+        let Self { plaintext, sender_jid: _, sender_device, namespace, kex, identity, consumed_pre_key } = self;
         f.debug_struct("Decrypted")
             .field("plaintext_len", &plaintext.as_ref().map(|p| p.len()))
             .field("sender_device", sender_device)
@@ -61,9 +53,7 @@ pub fn decrypt_0_3(
     sender_jid: &str,
     rng: &mut impl CryptoRngCore,
 ) -> Result<(Decrypted, Changes), DecryptError> {
-    let account = store
-        .account()?
-        .ok_or(DecryptError::Session(SessionError::NoAccount))?;
+    let account = store.account()?.ok_or(DecryptError::Session(SessionError::NoAccount))?;
     let sid = encrypted.header.sid;
     if sid == account.device_id && sender_jid == account.jid {
         return Err(DecryptError::FromThisDevice);
@@ -74,12 +64,7 @@ pub fn decrypt_0_3(
     }
     let from = SessionAddress::new(Namespace::Oldmemo, sender_jid, sid);
     let mut first_err = None;
-    for key in encrypted
-        .header
-        .keys
-        .iter()
-        .filter(|k| k.rid == account.device_id)
-    {
+    for key in encrypted.header.keys.iter().filter(|k| k.rid == account.device_id) {
         let (out, changes) = match session::decrypt(store, &account, &from, &key.data, rng) {
             Ok(r) => r,
             Err(e) => {

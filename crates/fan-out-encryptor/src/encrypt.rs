@@ -87,10 +87,7 @@ pub fn recipient_devices(
 }
 
 /// Recipient devices of a message to `jids` that have no session yet: fetch their bundles.
-pub fn missing_sessions_0_3(
-    store: &impl Store,
-    jids: &[String],
-) -> Result<Vec<SessionAddress>, EncryptError> {
+pub fn missing_sessions_0_3(store: &impl Store, jids: &[String]) -> Result<Vec<SessionAddress>, EncryptError> {
     let (devices, _) = recipient_devices(store, jids, Namespace::Oldmemo)?;
     let mut out = Vec::new();
     for addr in devices {
@@ -114,10 +111,7 @@ pub fn encrypt_0_3(
 ) -> Result<EncryptedMessage, EncryptError> {
     let account = store.account()?.ok_or(EncryptError::NoAccount)?;
     let (devices, without) = recipient_devices(store, jids, Namespace::Oldmemo)?;
-    let mut coverage = Coverage {
-        jids_without_devices: without,
-        ..Coverage::default()
-    };
+    let mut coverage = Coverage { jids_without_devices: without, ..Coverage::default() };
     let (iv, ciphertext, key_material) = match plaintext {
         Some(pt) => {
             let p = payload::encrypt(pt, rng);
@@ -134,21 +128,13 @@ pub fn encrypt_0_3(
     for addr in devices {
         match session::encrypt(store, &account, &addr, &key_material, &mut changes) {
             Ok(k) => {
-                keys.push(Key {
-                    rid: addr.device,
-                    prekey: k.kex,
-                    data: k.data,
-                });
+                keys.push(Key { rid: addr.device, prekey: k.kex, data: k.data });
                 coverage.keyed.push((addr, k.kex));
             }
             Err(SessionError::NoSession) => coverage.skipped.push((addr, SkipReason::NoSession)),
-            Err(SessionError::Untrusted { .. }) => {
-                coverage.skipped.push((addr, SkipReason::Untrusted))
-            }
+            Err(SessionError::Untrusted { .. }) => coverage.skipped.push((addr, SkipReason::Untrusted)),
             Err(SessionError::Store(e)) => return Err(e.into()),
-            Err(e) => coverage
-                .skipped
-                .push((addr, SkipReason::SessionFailed(e.to_string()))),
+            Err(e) => coverage.skipped.push((addr, SkipReason::SessionFailed(e.to_string()))),
         }
     }
     if keys.is_empty() {
@@ -156,11 +142,7 @@ pub fn encrypt_0_3(
     }
     Ok(EncryptedMessage {
         encrypted: Encrypted {
-            header: Header {
-                sid: account.device_id,
-                keys,
-                iv: IV { data: iv.to_vec() },
-            },
+            header: Header { sid: account.device_id, keys, iv: IV { data: iv.to_vec() } },
             payload: ciphertext.map(|data| Payload { data }),
         },
         changes,

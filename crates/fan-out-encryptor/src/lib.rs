@@ -12,7 +12,5 @@ pub mod payload;
 pub mod xml;
 
 pub use decrypt::{decrypt_0_3, Decrypted};
-pub use encrypt::{
-    encrypt_0_3, missing_sessions_0_3, recipient_devices, Coverage, EncryptedMessage, SkipReason,
-};
+pub use encrypt::{encrypt_0_3, missing_sessions_0_3, recipient_devices, Coverage, EncryptedMessage, SkipReason};
 pub use error::{DecryptError, EncryptError, XmlError};

@@ -32,9 +32,7 @@ pub struct EncryptedPayload {
 
 impl std::fmt::Debug for EncryptedPayload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EncryptedPayload")
-            .field("len", &self.ciphertext.len())
-            .finish_non_exhaustive()
+        f.debug_struct("EncryptedPayload").field("len", &self.ciphertext.len()).finish_non_exhaustive()
     }
 }
 
@@ -47,17 +45,11 @@ pub fn encrypt(plaintext: &[u8], rng: &mut impl CryptoRngCore) -> EncryptedPaylo
     let cipher = Aes128Gcm::new((&*key).into());
     let mut ciphertext = plaintext.to_vec();
     // AES-GCM only fails for plaintexts over 64 GiB.
-    let tag = cipher
-        .encrypt_in_place_detached(Nonce::from_slice(&iv), b"", &mut ciphertext)
-        .unwrap_or_default();
+    let tag = cipher.encrypt_in_place_detached(Nonce::from_slice(&iv), b"", &mut ciphertext).unwrap_or_default();
     let mut key_material = Zeroizing::new([0u8; 32]);
     key_material[..KEY_LEN].copy_from_slice(&key[..]);
     key_material[KEY_LEN..].copy_from_slice(&tag);
-    EncryptedPayload {
-        iv,
-        ciphertext,
-        key_material,
-    }
+    EncryptedPayload { iv, ciphertext, key_material }
 }
 
 /// A fresh random key for a key-transport (empty) message: no payload, no tag.
@@ -68,11 +60,7 @@ pub fn transport_key(rng: &mut impl CryptoRngCore) -> Zeroizing<[u8; KEY_LEN]> {
 }
 
 /// Decrypts `<payload>` with the key material from our key element.
-pub fn decrypt(
-    key_material: &[u8],
-    iv: &[u8],
-    payload: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
+pub fn decrypt(key_material: &[u8], iv: &[u8], payload: &[u8]) -> Result<Zeroizing<Vec<u8>>, DecryptError> {
     let (key, tag, ciphertext) = match key_material.len() {
         32 => (&key_material[..KEY_LEN], &key_material[KEY_LEN..], payload),
         KEY_LEN if payload.len() >= TAG_LEN => {
@@ -85,12 +73,7 @@ pub fn decrypt(
     let mut buf = Zeroizing::new(ciphertext.to_vec());
     let tag = Tag::from_slice(tag);
     let ok = match iv.len() {
-        12 => Aes128Gcm::new(key.into()).decrypt_in_place_detached(
-            Nonce::from_slice(iv),
-            b"",
-            &mut buf,
-            tag,
-        ),
+        12 => Aes128Gcm::new(key.into()).decrypt_in_place_detached(Nonce::from_slice(iv), b"", &mut buf, tag),
         16 => Aes128Gcm16::new(key.into()).decrypt_in_place_detached(
             aes_gcm::Nonce::<U16>::from_slice(iv),
             b"",
@@ -115,36 +98,18 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let p = encrypt(b"hello world", &mut rng);
         assert_eq!(p.ciphertext.len(), 11);
-        assert_eq!(
-            &decrypt(&p.key_material[..], &p.iv, &p.ciphertext).unwrap()[..],
-            b"hello world"
-        );
+        assert_eq!(&decrypt(&p.key_material[..], &p.iv, &p.ciphertext).unwrap()[..], b"hello world");
         // Older layout: 16-byte key, tag appended to the payload.
         let mut legacy = p.ciphertext.clone();
         legacy.extend_from_slice(&p.key_material[16..]);
-        assert_eq!(
-            &decrypt(&p.key_material[..16], &p.iv, &legacy).unwrap()[..],
-            b"hello world"
-        );
+        assert_eq!(&decrypt(&p.key_material[..16], &p.iv, &legacy).unwrap()[..], b"hello world");
         // Tampering.
         let mut bad = p.ciphertext.clone();
         bad[0] ^= 1;
-        assert!(matches!(
-            decrypt(&p.key_material[..], &p.iv, &bad),
-            Err(DecryptError::BadPayload)
-        ));
-        assert!(matches!(
-            decrypt(&p.key_material[..], &p.iv[..8], &p.ciphertext),
-            Err(DecryptError::BadIv(8))
-        ));
-        assert!(matches!(
-            decrypt(&[0; 20], &p.iv, &p.ciphertext),
-            Err(DecryptError::BadKeyMaterial(20))
-        ));
-        assert!(matches!(
-            decrypt(&[0; 16], &p.iv, &[1, 2]),
-            Err(DecryptError::BadPayload)
-        ));
+        assert!(matches!(decrypt(&p.key_material[..], &p.iv, &bad), Err(DecryptError::BadPayload)));
+        assert!(matches!(decrypt(&p.key_material[..], &p.iv[..8], &p.ciphertext), Err(DecryptError::BadIv(8))));
+        assert!(matches!(decrypt(&[0; 20], &p.iv, &p.ciphertext), Err(DecryptError::BadKeyMaterial(20))));
+        assert!(matches!(decrypt(&[0; 16], &p.iv, &[1, 2]), Err(DecryptError::BadPayload)));
         // A 16-byte IV (AES-GCM with a 128-bit nonce).
         let key = [7u8; 16];
         let iv = [9u8; 16];

@@ -36,13 +36,7 @@ pub struct Account {
 
 impl fmt::Debug for Account {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self {
-            jid: _,
-            device_id,
-            identity,
-            next_pre_key_id,
-            next_signed_pre_key_id,
-        } = self;
+        let Self { jid: _, device_id, identity, next_pre_key_id, next_signed_pre_key_id } = self;
         f.debug_struct("Account")
             .field("device_id", device_id)
             .field("identity", &identity.public)
@@ -67,12 +61,7 @@ pub struct SignedPreKeyRecord {
 
 impl fmt::Debug for SignedPreKeyRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self {
-            id,
-            key_pair,
-            signature: _,
-            created_at,
-        } = self;
+        let Self { id, key_pair, signature: _, created_at } = self;
         f.debug_struct("SignedPreKeyRecord")
             .field("id", id)
             .field("key_pair", key_pair)
@@ -93,12 +82,7 @@ pub struct PreKeyRecord {
 impl Account {
     /// Creates a new device: identity key, signed pre-key 1, pre-keys 1..=100. `taken` lists device ids
     /// already in use for this JID (from its device lists), which the new id avoids.
-    pub fn create(
-        jid: &str,
-        taken: &[DeviceId],
-        now: u64,
-        rng: &mut impl CryptoRngCore,
-    ) -> Changes {
+    pub fn create(jid: &str, taken: &[DeviceId], now: u64, rng: &mut impl CryptoRngCore) -> Changes {
         let device_id = loop {
             let id = random_device_id(rng);
             if !taken.contains(&id) {
@@ -113,9 +97,7 @@ impl Account {
             next_signed_pre_key_id: 1,
         };
         let mut changes = Changes::default();
-        changes
-            .signed_pre_keys
-            .push(account.new_signed_pre_key(now, rng));
+        changes.signed_pre_keys.push(account.new_signed_pre_key(now, rng));
         for _ in 0..PRE_KEY_COUNT {
             changes.pre_keys.push(account.new_pre_key(rng));
         }
@@ -124,33 +106,21 @@ impl Account {
     }
 
     /// A new signed pre-key with the next id (the caller persists the account's new counter).
-    pub fn new_signed_pre_key(
-        &mut self,
-        now: u64,
-        rng: &mut impl CryptoRngCore,
-    ) -> SignedPreKeyRecord {
+    pub fn new_signed_pre_key(&mut self, now: u64, rng: &mut impl CryptoRngCore) -> SignedPreKeyRecord {
         let key_pair = KeyPair::generate(rng);
         let mut z = [0u8; 64];
         rng.fill_bytes(&mut z);
         let signature = xeddsa::sign(&self.identity.private, &key_pair.public.serialize(), &z);
         let id = self.next_signed_pre_key_id;
         self.next_signed_pre_key_id = self.next_signed_pre_key_id.wrapping_add(1).max(1);
-        SignedPreKeyRecord {
-            id,
-            key_pair,
-            signature,
-            created_at: now,
-        }
+        SignedPreKeyRecord { id, key_pair, signature, created_at: now }
     }
 
     /// A new one-time pre-key with the next id. Ids only grow, so an id is never reused.
     pub fn new_pre_key(&mut self, rng: &mut impl CryptoRngCore) -> PreKeyRecord {
         let id = self.next_pre_key_id;
         self.next_pre_key_id = self.next_pre_key_id.wrapping_add(1).max(1);
-        PreKeyRecord {
-            id,
-            key_pair: KeyPair::generate(rng),
-        }
+        PreKeyRecord { id, key_pair: KeyPair::generate(rng) }
     }
 
     /// Restores an identity from its secret bytes (for stores).
@@ -177,11 +147,8 @@ pub fn own_bundle(store: &impl Store) -> Result<PreKeyBundle, SessionError> {
         .into_iter()
         .max_by_key(|s| (s.created_at, s.id))
         .ok_or(StoreError::Corrupt("no signed pre-key"))?;
-    let mut pre_keys: Vec<(u32, PublicKey)> = store
-        .pre_keys()?
-        .into_iter()
-        .map(|p| (p.id, p.key_pair.public))
-        .collect();
+    let mut pre_keys: Vec<(u32, PublicKey)> =
+        store.pre_keys()?.into_iter().map(|p| (p.id, p.key_pair.public)).collect();
     pre_keys.sort_by_key(|p| p.0);
     Ok(PreKeyBundle {
         identity_key: account.identity.public,
@@ -195,11 +162,7 @@ pub fn own_bundle(store: &impl Store) -> Result<PreKeyBundle, SessionError> {
 /// Tops the pre-keys up to [`PRE_KEY_COUNT`] and rotates the signed pre-key when it is older than
 /// [`SIGNED_PRE_KEY_ROTATION_SECS`] (keeping the previous one for one more period). Empty when nothing
 /// is due.
-pub fn maintain_keys(
-    store: &impl Store,
-    now: u64,
-    rng: &mut impl CryptoRngCore,
-) -> Result<Changes, SessionError> {
+pub fn maintain_keys(store: &impl Store, now: u64, rng: &mut impl CryptoRngCore) -> Result<Changes, SessionError> {
     let mut account = store.account()?.ok_or(SessionError::NoAccount)?;
     let mut changes = Changes::default();
     let have = store.pre_keys()?.len() as u32;
@@ -210,13 +173,9 @@ pub fn maintain_keys(
     spks.sort_by_key(|s| std::cmp::Reverse((s.created_at, s.id)));
     let newest_age = spks.first().map(|s| now.saturating_sub(s.created_at));
     if newest_age.is_none_or(|age| age >= SIGNED_PRE_KEY_ROTATION_SECS) {
-        changes
-            .signed_pre_keys
-            .push(account.new_signed_pre_key(now, rng));
+        changes.signed_pre_keys.push(account.new_signed_pre_key(now, rng));
         // Keep the previous one (still referenced by key exchanges in flight); drop older ones.
-        changes
-            .removed_signed_pre_keys
-            .extend(spks.iter().skip(1).map(|s| s.id));
+        changes.removed_signed_pre_keys.extend(spks.iter().skip(1).map(|s| s.id));
     }
     if !changes.is_empty() {
         changes.account = Some(account);

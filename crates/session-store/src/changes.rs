@@ -22,11 +22,7 @@ pub struct SessionAddress {
 impl SessionAddress {
     /// Builds an address.
     pub fn new(namespace: Namespace, jid: impl Into<String>, device: DeviceId) -> Self {
-        Self {
-            namespace,
-            jid: jid.into(),
-            device,
-        }
+        Self { namespace, jid: jid.into(), device }
     }
 }
 
@@ -110,10 +106,6 @@ impl Changes {
     /// The record this change set holds for `addr`, if any (so that later steps of one operation see
     /// the earlier ones before anything is persisted).
     pub fn session(&self, addr: &SessionAddress) -> Option<&SessionRecord> {
-        self.sessions
-            .iter()
-            .rev()
-            .find(|(a, _)| a == addr)
-            .map(|(_, r)| r)
+        self.sessions.iter().rev().find(|(a, _)| a == addr).map(|(_, r)| r)
     }
 }

@@ -48,9 +48,7 @@ pub enum SessionError {
         counter: u32,
     },
     /// The counter jumps further ahead than the skipped-key bound allows.
-    #[error(
-        "message counter {counter} is {gap} ahead of the chain; at most {max} keys may be skipped"
-    )]
+    #[error("message counter {counter} is {gap} ahead of the chain; at most {max} keys may be skipped")]
     TooFarAhead {
         /// Counter of the message.
         counter: u32,

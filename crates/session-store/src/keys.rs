@@ -64,24 +64,15 @@ impl PublicKey {
                 k.copy_from_slice(rest);
                 Ok(Self(k))
             }
-            [DJB_TYPE, ..] => Err(KeyError::BadLength {
-                expected: 33,
-                got: bytes.len(),
-            }),
+            [DJB_TYPE, ..] => Err(KeyError::BadLength { expected: 33, got: bytes.len() }),
             [t, ..] if bytes.len() == 33 => Err(KeyError::BadKeyType(*t)),
-            _ => Err(KeyError::BadLength {
-                expected: 33,
-                got: bytes.len(),
-            }),
+            _ => Err(KeyError::BadLength { expected: 33, got: bytes.len() }),
         }
     }
 
     /// Parses 32 raw bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
-        let k: [u8; 32] = bytes.try_into().map_err(|_| KeyError::BadLength {
-            expected: 32,
-            got: bytes.len(),
-        })?;
+        let k: [u8; 32] = bytes.try_into().map_err(|_| KeyError::BadLength { expected: 32, got: bytes.len() })?;
         Ok(Self(k))
     }
 
@@ -89,22 +80,14 @@ impl PublicKey {
     /// of 8 digits.
     pub fn fingerprint(&self) -> String {
         let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
-        hex.as_bytes()
-            .chunks(8)
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
+        hex.as_bytes().chunks(8).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join(" ")
     }
 }
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Public keys are not secret, but they are user data: show a short prefix only.
-        write!(
-            f,
-            "PublicKey({:02x}{:02x}{:02x}{:02x}…)",
-            self.0[0], self.0[1], self.0[2], self.0[3]
-        )
+        write!(f, "PublicKey({:02x}{:02x}{:02x}{:02x}…)", self.0[0], self.0[1], self.0[2], self.0[3])
     }
 }
 
@@ -192,19 +175,14 @@ impl KeyPair {
 
     /// The key pair of a private key.
     pub fn from_private(private: PrivateKey) -> Self {
-        Self {
-            public: private.public_key(),
-            private,
-        }
+        Self { public: private.public_key(), private }
     }
 }
 
 impl fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Self { public, private: _ } = self;
-        f.debug_struct("KeyPair")
-            .field("public", public)
-            .finish_non_exhaustive()
+        f.debug_struct("KeyPair").field("public", public).finish_non_exhaustive()
     }
 }
 
@@ -226,16 +204,10 @@ mod tests {
         let enc = kp.public.serialize();
         assert_eq!(enc[0], 5);
         assert_eq!(PublicKey::deserialize(&enc).ok(), Some(kp.public));
-        assert!(matches!(
-            PublicKey::deserialize(&enc[..32]),
-            Err(KeyError::BadLength { .. })
-        ));
+        assert!(matches!(PublicKey::deserialize(&enc[..32]), Err(KeyError::BadLength { .. })));
         let mut bad = enc;
         bad[0] = 6;
-        assert!(matches!(
-            PublicKey::deserialize(&bad),
-            Err(KeyError::BadKeyType(6))
-        ));
+        assert!(matches!(PublicKey::deserialize(&bad), Err(KeyError::BadKeyType(6))));
         assert!(PublicKey::deserialize(&[]).is_err());
     }
 
@@ -248,16 +220,10 @@ mod tests {
         let ba = b.private.agree(&a.public).map(|s| *s.as_bytes()).ok();
         assert!(ab.is_some());
         assert_eq!(ab, ba);
-        assert!(matches!(
-            a.private.agree(&PublicKey::from_bytes([0; 32])),
-            Err(KeyError::LowOrderPoint)
-        ));
+        assert!(matches!(a.private.agree(&PublicKey::from_bytes([0; 32])), Err(KeyError::LowOrderPoint)));
         let mut one = [0u8; 32];
         one[0] = 1;
-        assert!(matches!(
-            a.private.agree(&PublicKey::from_bytes(one)),
-            Err(KeyError::LowOrderPoint)
-        ));
+        assert!(matches!(a.private.agree(&PublicKey::from_bytes(one)), Err(KeyError::LowOrderPoint)));
     }
 
     #[test]

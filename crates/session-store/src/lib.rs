@@ -64,9 +64,6 @@ pub use memory::MemoryStore;
 pub use namespace::Namespace;
 pub use ratchet::SessionRecord;
 pub use sqlite::SqliteStore;
-pub use traits::{
-    AccountStore, DeviceListStore, IdentityStore, PreKeyStore, SessionStore, SignedPreKeyStore,
-    Store,
-};
+pub use traits::{AccountStore, DeviceListStore, IdentityStore, PreKeyStore, SessionStore, SignedPreKeyStore, Store};
 pub use trust::TrustLevel;
 pub use x3dh::PreKeyBundle;

@@ -62,18 +62,10 @@ impl SignedPreKeyStore for MemoryStore {
 
 impl SessionStore for MemoryStore {
     fn session(&self, addr: &SessionAddress) -> Result<Option<SessionRecord>, StoreError> {
-        self.sessions
-            .get(addr)
-            .map(|b| SessionRecord::from_bytes(b))
-            .transpose()
+        self.sessions.get(addr).map(|b| SessionRecord::from_bytes(b)).transpose()
     }
     fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError> {
-        Ok(self
-            .sessions
-            .keys()
-            .filter(|a| a.namespace == ns && a.jid == jid)
-            .map(|a| a.device)
-            .collect())
+        Ok(self.sessions.keys().filter(|a| a.namespace == ns && a.jid == jid).map(|a| a.device).collect())
     }
 }
 
@@ -85,23 +77,16 @@ impl IdentityStore for MemoryStore {
         Ok(self.trust.get(&(jid.to_owned(), *key)).copied())
     }
     fn trust_of(&self, jid: &str) -> Result<Vec<(PublicKey, TrustLevel)>, StoreError> {
-        Ok(self
-            .trust
-            .iter()
-            .filter(|((j, _), _)| j == jid)
-            .map(|((_, k), t)| (*k, *t))
-            .collect())
+        Ok(self.trust.iter().filter(|((j, _), _)| j == jid).map(|((_, k), t)| (*k, *t)).collect())
     }
 }
 
 impl DeviceListStore for MemoryStore {
     fn device_list(&self, ns: Namespace, jid: &str) -> Result<Option<Vec<DeviceId>>, StoreError> {
-        Ok(self.device_lists.get(&(ns, jid.to_owned())).map(|m| {
-            m.iter()
-                .filter(|(_, active)| **active)
-                .map(|(d, _)| *d)
-                .collect()
-        }))
+        Ok(self
+            .device_lists
+            .get(&(ns, jid.to_owned()))
+            .map(|m| m.iter().filter(|(_, active)| **active).map(|(d, _)| *d).collect()))
     }
 }
 

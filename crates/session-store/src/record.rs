@@ -11,8 +11,7 @@ use crate::{
     keys::{KeyPair, PrivateKey, PublicKey},
     ratchet::{
         keys::{ChainKey, MessageKeySeed, RootKey},
-        PendingKeyExchange, ReceiverChain, SessionRecord, SessionState, MAX_ARCHIVED_STATES,
-        MAX_SKIPPED_KEYS,
+        PendingKeyExchange, ReceiverChain, SessionRecord, SessionState, MAX_ARCHIVED_STATES, MAX_SKIPPED_KEYS,
     },
 };
 
@@ -115,33 +114,20 @@ macro_rules! redacted_debug {
         }
     )*};
 }
-redacted_debug!(
-    ChainProto,
-    SkippedProto,
-    PendingProto,
-    StateProto,
-    RecordProto
-);
+redacted_debug!(ChainProto, SkippedProto, PendingProto, StateProto, RecordProto);
 
 fn arr(v: &[u8], what: &'static str) -> Result<[u8; 32], StoreError> {
     v.try_into().map_err(|_| StoreError::Corrupt(what))
 }
 
 fn chain_to(c: &ReceiverChain) -> ChainProto {
-    ChainProto {
-        ratchet: c.ratchet.as_bytes().to_vec(),
-        key: c.chain.key.to_vec(),
-        index: c.chain.index,
-    }
+    ChainProto { ratchet: c.ratchet.as_bytes().to_vec(), key: c.chain.key.to_vec(), index: c.chain.index }
 }
 
 fn chain_from(p: &ChainProto) -> Result<ReceiverChain, StoreError> {
     Ok(ReceiverChain {
         ratchet: PublicKey::from_bytes(arr(&p.ratchet, "receiver ratchet key")?),
-        chain: ChainKey {
-            key: arr(&p.key, "receiver chain key")?,
-            index: p.index,
-        },
+        chain: ChainKey { key: arr(&p.key, "receiver chain key")?, index: p.index },
     })
 }
 
@@ -161,16 +147,12 @@ fn state_to(s: &SessionState) -> StateProto {
         skipped: s
             .skipped
             .iter()
-            .map(|(r, k)| SkippedProto {
-                ratchet: r.as_bytes().to_vec(),
-                counter: k.counter,
-                seed: k.seed.to_vec(),
-            })
+            .map(|(r, k)| SkippedProto { ratchet: r.as_bytes().to_vec(), counter: k.counter, seed: k.seed.to_vec() })
             .collect(),
-        pending: s.pending.as_ref().map(|p| PendingProto {
-            pre_key_id: p.pre_key_id,
-            signed_pre_key_id: p.signed_pre_key_id,
-        }),
+        pending: s
+            .pending
+            .as_ref()
+            .map(|p| PendingProto { pre_key_id: p.pre_key_id, signed_pre_key_id: p.signed_pre_key_id }),
     }
 }
 
@@ -184,10 +166,7 @@ fn state_from(p: &StateProto) -> Result<SessionState, StoreError> {
     for k in &p.skipped {
         skipped.push_back((
             PublicKey::from_bytes(arr(&k.ratchet, "skipped ratchet key")?),
-            MessageKeySeed {
-                seed: arr(&k.seed, "skipped key")?,
-                counter: k.counter,
-            },
+            MessageKeySeed { seed: arr(&k.seed, "skipped key")?, counter: k.counter },
         ));
     }
     Ok(SessionState {
@@ -196,18 +175,15 @@ fn state_from(p: &StateProto) -> Result<SessionState, StoreError> {
         base_key: PublicKey::from_bytes(arr(&p.base_key, "base key")?),
         root: RootKey(arr(&p.root, "root key")?),
         sender_ratchet: KeyPair { public, private },
-        sender_chain: ChainKey {
-            key: arr(&p.sender_chain, "sender chain key")?,
-            index: p.sender_index,
-        },
+        sender_chain: ChainKey { key: arr(&p.sender_chain, "sender chain key")?, index: p.sender_index },
         previous_counter: p.previous_counter,
         receiver: p.receiver.as_ref().map(chain_from).transpose()?,
         previous_receiver: p.previous_receiver.as_ref().map(chain_from).transpose()?,
         skipped,
-        pending: p.pending.as_ref().map(|p| PendingKeyExchange {
-            pre_key_id: p.pre_key_id,
-            signed_pre_key_id: p.signed_pre_key_id,
-        }),
+        pending: p
+            .pending
+            .as_ref()
+            .map(|p| PendingKeyExchange { pre_key_id: p.pre_key_id, signed_pre_key_id: p.signed_pre_key_id }),
     })
 }
 
@@ -223,18 +199,13 @@ impl SessionRecord {
 
     /// Loads a stored record. Malformed bytes are a [`StoreError::Corrupt`], never a panic.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
-        let proto = RecordProto::decode(bytes)
-            .map_err(|_| StoreError::Corrupt("session record protobuf"))?;
+        let proto = RecordProto::decode(bytes).map_err(|_| StoreError::Corrupt("session record protobuf"))?;
         if proto.archived.len() > MAX_ARCHIVED_STATES {
             return Err(StoreError::Corrupt("too many archived states"));
         }
         Ok(Self {
             current: proto.current.as_ref().map(state_from).transpose()?,
-            archived: proto
-                .archived
-                .iter()
-                .map(state_from)
-                .collect::<Result<_, _>>()?,
+            archived: proto.archived.iter().map(state_from).collect::<Result<_, _>>()?,
         })
     }
 }

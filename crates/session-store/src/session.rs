@@ -55,12 +55,7 @@ pub struct DecryptedKey {
 
 impl fmt::Debug for DecryptedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self {
-            plaintext: _,
-            kex,
-            identity,
-            consumed_pre_key,
-        } = self;
+        let Self { plaintext: _, kex, identity, consumed_pre_key } = self;
         f.debug_struct("DecryptedKey")
             .field("kex", kex)
             .field("identity", identity)
@@ -75,12 +70,7 @@ fn trust_in(
     jid: &str,
     key: &PublicKey,
 ) -> Result<Option<TrustLevel>, SessionError> {
-    if let Some((_, _, t)) = changes
-        .trust
-        .iter()
-        .rev()
-        .find(|(j, k, _)| j == jid && k == key)
-    {
+    if let Some((_, _, t)) = changes.trust.iter().rev().find(|(j, k, _)| j == jid && k == key) {
         return Ok(Some(*t));
     }
     Ok(store.trust(jid, key)?)
@@ -95,12 +85,7 @@ pub fn check_identity(
     device: DeviceId,
     key: &PublicKey,
 ) -> Result<IdentityInfo, SessionError> {
-    let known = match changes
-        .identities
-        .iter()
-        .rev()
-        .find(|(j, d, _)| j == jid && *d == device)
-    {
+    let known = match changes.identities.iter().rev().find(|(j, d, _)| j == jid && *d == device) {
         Some((_, _, k)) => Some(*k),
         None => store.identity(jid, device)?,
     };
@@ -110,20 +95,13 @@ pub fn check_identity(
     let trust = match trust_in(store, changes, jid, key)? {
         Some(t) => t,
         None => {
-            let verified = store
-                .trust_of(jid)?
-                .iter()
-                .any(|(_, t)| *t == TrustLevel::Verified);
+            let verified = store.trust_of(jid)?.iter().any(|(_, t)| *t == TrustLevel::Verified);
             let t = TrustLevel::default_for_new_key(verified);
             changes.trust.push((jid.to_owned(), *key, t));
             t
         }
     };
-    Ok(IdentityInfo {
-        key: *key,
-        trust,
-        changed_from: known.filter(|k| k != key),
-    })
+    Ok(IdentityInfo { key: *key, trust, changed_from: known.filter(|k| k != key) })
 }
 
 fn load_record(
@@ -141,9 +119,7 @@ fn require_oldmemo(addr: &SessionAddress) -> Result<(), SessionError> {
     if addr.namespace == Namespace::Oldmemo {
         Ok(())
     } else {
-        Err(SessionError::Internal(
-            "this operation speaks OMEMO 0.3 only",
-        ))
+        Err(SessionError::Internal("this operation speaks OMEMO 0.3 only"))
     }
 }
 
@@ -159,18 +135,9 @@ pub fn initiate(
 ) -> Result<IdentityInfo, SessionError> {
     require_oldmemo(addr)?;
     let mut scratch = Changes::default();
-    let identity = check_identity(
-        store,
-        &mut scratch,
-        &addr.jid,
-        addr.device,
-        &bundle.identity_key,
-    )?;
+    let identity = check_identity(store, &mut scratch, &addr.jid, addr.device, &bundle.identity_key)?;
     if identity.trust == TrustLevel::Distrusted {
-        return Err(SessionError::Distrusted {
-            jid: addr.jid.clone(),
-            device: addr.device,
-        });
+        return Err(SessionError::Distrusted { jid: addr.jid.clone(), device: addr.device });
     }
     let state = x3dh::initiate_0_3(&account.identity, bundle, rng)?;
     let mut record = load_record(store, changes, addr)?.unwrap_or_default();
@@ -191,21 +158,13 @@ pub fn encrypt(
 ) -> Result<EncryptedKey, SessionError> {
     require_oldmemo(addr)?;
     let mut record = load_record(store, changes, addr)?.ok_or(SessionError::NoSession)?;
-    let state = record.current.as_mut().ok_or(SessionError::NoSession)?;
-    let trust = trust_in(store, changes, &addr.jid, &state.remote_identity)?
-        .unwrap_or(TrustLevel::Undecided);
+    let remote = record.remote_identity().ok_or(SessionError::NoSession)?;
+    let trust = trust_in(store, changes, &addr.jid, &remote)?.unwrap_or(TrustLevel::Undecided);
     if !trust.may_encrypt() {
-        return Err(SessionError::Untrusted {
-            jid: addr.jid.clone(),
-            device: addr.device,
-        });
+        return Err(SessionError::Untrusted { jid: addr.jid.clone(), device: addr.device });
     }
-    let kex = state.pending.is_some();
-    let data = state.encrypt_0_3(&account.identity.public, plaintext)?;
-    changes.merge(Changes {
-        sessions: vec![(addr.clone(), record)],
-        ..Changes::default()
-    });
+    let (data, kex) = record.encrypt_0_3(&account.identity.public, plaintext)?;
+    changes.merge(Changes { sessions: vec![(addr.clone(), record)], ..Changes::default() });
     Ok(EncryptedKey { data, kex })
 }
 
@@ -226,18 +185,9 @@ pub fn decrypt(
     let mut consumed_pre_key = None;
     let (plaintext, kex, identity) = if let Ok(kex) = PreKeySignalMessage::parse(data) {
         let msg = SignalMessage::parse(&kex.message)?;
-        let identity = check_identity(
-            store,
-            &mut changes,
-            &from.jid,
-            from.device,
-            &kex.identity_key,
-        )?;
+        let identity = check_identity(store, &mut changes, &from.jid, from.device, &kex.identity_key)?;
         if !identity.trust.may_decrypt() {
-            return Err(SessionError::Distrusted {
-                jid: from.jid.clone(),
-                device: from.device,
-            });
+            return Err(SessionError::Distrusted { jid: from.jid.clone(), device: from.device });
         }
         let plaintext = if record.find_base_key(&kex.base_key).is_some() {
             // The initiator repeats its key exchange until we answer: same session, just decrypt.
@@ -247,9 +197,7 @@ pub fn decrypt(
                 .signed_pre_key(kex.signed_pre_key_id)?
                 .ok_or(SessionError::UnknownSignedPreKey(kex.signed_pre_key_id))?;
             let pre_key_id = kex.pre_key_id.ok_or(SessionError::MissingPreKey)?;
-            let pre_key = store
-                .pre_key(pre_key_id)?
-                .ok_or(SessionError::UnknownPreKey(pre_key_id))?;
+            let pre_key = store.pre_key(pre_key_id)?.ok_or(SessionError::UnknownPreKey(pre_key_id))?;
             let mut state = x3dh::respond_0_3(
                 &account.identity,
                 &spk.key_pair,
@@ -273,21 +221,10 @@ pub fn decrypt(
         let remote = record.remote_identity().ok_or(SessionError::NoSession)?;
         let identity = check_identity(store, &mut changes, &from.jid, from.device, &remote)?;
         if !identity.trust.may_decrypt() {
-            return Err(SessionError::Distrusted {
-                jid: from.jid.clone(),
-                device: from.device,
-            });
+            return Err(SessionError::Distrusted { jid: from.jid.clone(), device: from.device });
         }
         (record.decrypt_0_3(&our, &msg, rng)?, false, identity)
     };
     changes.sessions.push((from.clone(), record));
-    Ok((
-        DecryptedKey {
-            plaintext: Zeroizing::new(plaintext),
-            kex,
-            identity,
-            consumed_pre_key,
-        },
-        changes,
-    ))
+    Ok((DecryptedKey { plaintext: Zeroizing::new(plaintext), kex, identity, consumed_pre_key }, changes))
 }

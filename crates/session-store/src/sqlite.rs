@@ -55,23 +55,16 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
     pub fn new(mut conn: C) -> Result<Self, StoreError> {
         let c = conn.borrow_mut();
         c.execute_batch("CREATE TABLE IF NOT EXISTS omemo_schema (version INTEGER NOT NULL)")?;
-        let version: Option<i64> =
-            c.query_row("SELECT max(version) FROM omemo_schema", [], |r| r.get(0))?;
+        let version: Option<i64> = c.query_row("SELECT max(version) FROM omemo_schema", [], |r| r.get(0))?;
         let version = version.unwrap_or(0) as usize;
         if version > MIGRATIONS.len() {
-            return Err(StoreError::SchemaTooNew {
-                found: version as u32,
-                supported: MIGRATIONS.len() as u32,
-            });
+            return Err(StoreError::SchemaTooNew { found: version as u32, supported: MIGRATIONS.len() as u32 });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = c.transaction()?;
             tx.execute_batch(sql)?;
             tx.execute("DELETE FROM omemo_schema", [])?;
-            tx.execute(
-                "INSERT INTO omemo_schema (version) VALUES (?1)",
-                [i as i64 + 1],
-            )?;
+            tx.execute("INSERT INTO omemo_schema (version) VALUES (?1)", [i as i64 + 1])?;
             tx.commit()?;
         }
         Ok(Self { conn })
@@ -79,10 +72,7 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
 
     /// The schema version in the database.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        let v: i64 =
-            self.conn
-                .borrow()
-                .query_row("SELECT max(version) FROM omemo_schema", [], |r| r.get(0))?;
+        let v: i64 = self.conn.borrow().query_row("SELECT max(version) FROM omemo_schema", [], |r| r.get(0))?;
         u32_of(v, "schema version")
     }
 
@@ -113,9 +103,7 @@ fn spk_row(
     Ok(SignedPreKeyRecord {
         id: u32_of(id, "signed pre-key id")?,
         key_pair: pair(private, public)?,
-        signature: sig
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("signature"))?,
+        signature: sig.try_into().map_err(|_| StoreError::Corrupt("signature"))?,
         created_at: u64::try_from(at).map_err(|_| StoreError::Corrupt("created_at"))?,
     })
 }
@@ -127,7 +115,15 @@ impl<C: BorrowMut<Connection>> AccountStore for SqliteStore<C> {
             .query_row(
                 "SELECT jid, device_id, identity_private, next_pre_key_id, next_signed_pre_key_id FROM omemo_account",
                 [],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                },
             )
             .optional()?;
         let Some((jid, device, secret, next_pk, next_spk)) = row else {
@@ -147,38 +143,20 @@ impl<C: BorrowMut<Connection>> PreKeyStore for SqliteStore<C> {
     fn pre_key(&self, id: u32) -> Result<Option<PreKeyRecord>, StoreError> {
         let row = self
             .c()
-            .query_row(
-                "SELECT private, public FROM omemo_pre_key WHERE id = ?1",
-                [id],
-                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)),
-            )
-            .optional()?;
-        row.map(|(private, public)| {
-            Ok(PreKeyRecord {
-                id,
-                key_pair: pair(private, public)?,
+            .query_row("SELECT private, public FROM omemo_pre_key WHERE id = ?1", [id], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
             })
-        })
-        .transpose()
+            .optional()?;
+        row.map(|(private, public)| Ok(PreKeyRecord { id, key_pair: pair(private, public)? })).transpose()
     }
 
     fn pre_keys(&self) -> Result<Vec<PreKeyRecord>, StoreError> {
-        let mut stmt = self
-            .c()
-            .prepare_cached("SELECT id, private, public FROM omemo_pre_key ORDER BY id")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })?;
+        let mut stmt = self.c().prepare_cached("SELECT id, private, public FROM omemo_pre_key ORDER BY id")?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)))?;
         rows.map(|row| {
             let (id, private, public) = row?;
-            Ok(PreKeyRecord {
-                id: u32_of(id, "pre-key id")?,
-                key_pair: pair(private, public)?,
-            })
+            Ok(PreKeyRecord { id: u32_of(id, "pre-key id")?, key_pair: pair(private, public)? })
         })
         .collect()
     }
@@ -194,17 +172,13 @@ impl<C: BorrowMut<Connection>> SignedPreKeyStore for SqliteStore<C> {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        row.map(|(id, a, b, s, t)| spk_row(id, a, b, s, t))
-            .transpose()
+        row.map(|(id, a, b, s, t)| spk_row(id, a, b, s, t)).transpose()
     }
 
     fn signed_pre_keys(&self) -> Result<Vec<SignedPreKeyRecord>, StoreError> {
-        let mut stmt = self.c().prepare_cached(
-            "SELECT id, private, public, signature, created_at FROM omemo_signed_pre_key",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?;
+        let mut stmt =
+            self.c().prepare_cached("SELECT id, private, public, signature, created_at FROM omemo_signed_pre_key")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
         rows.map(|row| {
             let (id, a, b, s, t) = row?;
             spk_row(id, a, b, s, t)
@@ -215,21 +189,18 @@ impl<C: BorrowMut<Connection>> SignedPreKeyStore for SqliteStore<C> {
 
 impl<C: BorrowMut<Connection>> SessionStore for SqliteStore<C> {
     fn session(&self, addr: &SessionAddress) -> Result<Option<SessionRecord>, StoreError> {
-        let mut stmt = self.c().prepare_cached(
-            "SELECT record FROM omemo_session WHERE namespace = ?1 AND jid = ?2 AND device_id = ?3",
-        )?;
-        let bytes: Option<Vec<u8>> = stmt
-            .query_row(params![addr.namespace.code(), addr.jid, addr.device], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let mut stmt = self
+            .c()
+            .prepare_cached("SELECT record FROM omemo_session WHERE namespace = ?1 AND jid = ?2 AND device_id = ?3")?;
+        let bytes: Option<Vec<u8>> =
+            stmt.query_row(params![addr.namespace.code(), addr.jid, addr.device], |r| r.get(0)).optional()?;
         bytes.map(|b| SessionRecord::from_bytes(&b)).transpose()
     }
 
     fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError> {
-        let mut stmt = self
-            .c()
-            .prepare_cached("SELECT device_id FROM omemo_session WHERE namespace = ?1 AND jid = ?2 ORDER BY device_id")?;
+        let mut stmt = self.c().prepare_cached(
+            "SELECT device_id FROM omemo_session WHERE namespace = ?1 AND jid = ?2 ORDER BY device_id",
+        )?;
         let rows = stmt.query_map(params![ns.code(), jid], |r| r.get::<_, i64>(0))?;
         rows.map(|r| u32_of(r?, "device id")).collect()
     }
@@ -237,46 +208,27 @@ impl<C: BorrowMut<Connection>> SessionStore for SqliteStore<C> {
 
 impl<C: BorrowMut<Connection>> IdentityStore for SqliteStore<C> {
     fn identity(&self, jid: &str, device: DeviceId) -> Result<Option<PublicKey>, StoreError> {
-        let mut stmt = self.c().prepare_cached(
-            "SELECT identity_key FROM omemo_identity WHERE jid = ?1 AND device_id = ?2",
-        )?;
-        let key: Option<Vec<u8>> = stmt
-            .query_row(params![jid, device], |r| r.get(0))
-            .optional()?;
-        key.map(|k| Ok(PublicKey::from_bytes(key32(k, "identity key")?)))
-            .transpose()
+        let mut stmt =
+            self.c().prepare_cached("SELECT identity_key FROM omemo_identity WHERE jid = ?1 AND device_id = ?2")?;
+        let key: Option<Vec<u8>> = stmt.query_row(params![jid, device], |r| r.get(0)).optional()?;
+        key.map(|k| Ok(PublicKey::from_bytes(key32(k, "identity key")?))).transpose()
     }
 
     fn trust(&self, jid: &str, key: &PublicKey) -> Result<Option<TrustLevel>, StoreError> {
-        let mut stmt = self
-            .c()
-            .prepare_cached("SELECT level FROM omemo_trust WHERE jid = ?1 AND identity_key = ?2")?;
-        let level: Option<i64> = stmt
-            .query_row(params![jid, &key.as_bytes()[..]], |r| r.get(0))
-            .optional()?;
+        let mut stmt = self.c().prepare_cached("SELECT level FROM omemo_trust WHERE jid = ?1 AND identity_key = ?2")?;
+        let level: Option<i64> = stmt.query_row(params![jid, &key.as_bytes()[..]], |r| r.get(0)).optional()?;
         level
-            .map(|l| {
-                u8::try_from(l)
-                    .ok()
-                    .and_then(TrustLevel::from_code)
-                    .ok_or(StoreError::Corrupt("trust level"))
-            })
+            .map(|l| u8::try_from(l).ok().and_then(TrustLevel::from_code).ok_or(StoreError::Corrupt("trust level")))
             .transpose()
     }
 
     fn trust_of(&self, jid: &str) -> Result<Vec<(PublicKey, TrustLevel)>, StoreError> {
-        let mut stmt = self
-            .c()
-            .prepare_cached("SELECT identity_key, level FROM omemo_trust WHERE jid = ?1")?;
-        let rows = stmt.query_map([jid], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?))
-        })?;
+        let mut stmt = self.c().prepare_cached("SELECT identity_key, level FROM omemo_trust WHERE jid = ?1")?;
+        let rows = stmt.query_map([jid], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
         rows.map(|row| {
             let (k, l) = row?;
-            let level = u8::try_from(l)
-                .ok()
-                .and_then(TrustLevel::from_code)
-                .ok_or(StoreError::Corrupt("trust level"))?;
+            let level =
+                u8::try_from(l).ok().and_then(TrustLevel::from_code).ok_or(StoreError::Corrupt("trust level"))?;
             Ok((PublicKey::from_bytes(key32(k, "identity key")?), level))
         })
         .collect()
@@ -288,17 +240,12 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
         let mut stmt = self.c().prepare_cached(
             "SELECT device_id, active FROM omemo_device WHERE namespace = ?1 AND jid = ?2 ORDER BY device_id",
         )?;
-        let rows: Vec<(i64, bool)> = stmt
-            .query_map(params![ns.code(), jid], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
+        let rows: Vec<(i64, bool)> =
+            stmt.query_map(params![ns.code(), jid], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
         if rows.is_empty() {
             return Ok(None);
         }
-        rows.into_iter()
-            .filter(|(_, a)| *a)
-            .map(|(d, _)| u32_of(d, "device id"))
-            .collect::<Result<_, _>>()
-            .map(Some)
+        rows.into_iter().filter(|(_, a)| *a).map(|(d, _)| u32_of(d, "device id")).collect::<Result<_, _>>().map(Some)
     }
 }
 
@@ -327,8 +274,7 @@ impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
                 "INSERT OR REPLACE INTO omemo_signed_pre_key (id, private, public, signature, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for s in signed_pre_keys {
-                let at =
-                    i64::try_from(s.created_at).map_err(|_| StoreError::Corrupt("created_at"))?;
+                let at = i64::try_from(s.created_at).map_err(|_| StoreError::Corrupt("created_at"))?;
                 stmt.execute(params![
                     s.id,
                     &s.key_pair.private.as_bytes()[..],
@@ -341,15 +287,10 @@ impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
             for id in removed_signed_pre_keys {
                 stmt.execute([id])?;
             }
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO omemo_pre_key (id, private, public) VALUES (?1, ?2, ?3)",
-            )?;
+            let mut stmt =
+                tx.prepare_cached("INSERT OR REPLACE INTO omemo_pre_key (id, private, public) VALUES (?1, ?2, ?3)")?;
             for p in pre_keys {
-                stmt.execute(params![
-                    p.id,
-                    &p.key_pair.private.as_bytes()[..],
-                    &p.key_pair.public.as_bytes()[..]
-                ])?;
+                stmt.execute(params![p.id, &p.key_pair.private.as_bytes()[..], &p.key_pair.public.as_bytes()[..]])?;
             }
             let mut stmt = tx.prepare_cached("DELETE FROM omemo_pre_key WHERE id = ?1")?;
             for id in removed_pre_keys {
@@ -359,27 +300,21 @@ impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
                 "INSERT OR REPLACE INTO omemo_session (namespace, jid, device_id, record) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for (addr, rec) in sessions {
-                stmt.execute(params![
-                    addr.namespace.code(),
-                    addr.jid,
-                    addr.device,
-                    rec.to_bytes()
-                ])?;
+                stmt.execute(params![addr.namespace.code(), addr.jid, addr.device, rec.to_bytes()])?;
             }
-            let mut stmt = tx
-                .prepare_cached("INSERT OR REPLACE INTO omemo_identity (jid, device_id, identity_key) VALUES (?1, ?2, ?3)")?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO omemo_identity (jid, device_id, identity_key) VALUES (?1, ?2, ?3)",
+            )?;
             for (jid, dev, key) in identities {
                 stmt.execute(params![jid, dev, &key.as_bytes()[..]])?;
             }
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO omemo_trust (jid, identity_key, level) VALUES (?1, ?2, ?3)",
-            )?;
+            let mut stmt =
+                tx.prepare_cached("INSERT OR REPLACE INTO omemo_trust (jid, identity_key, level) VALUES (?1, ?2, ?3)")?;
             for (jid, key, level) in trust {
                 stmt.execute(params![jid, &key.as_bytes()[..], level.code()])?;
             }
-            let mut clear = tx.prepare_cached(
-                "UPDATE omemo_device SET active = 0 WHERE namespace = ?1 AND jid = ?2",
-            )?;
+            let mut clear =
+                tx.prepare_cached("UPDATE omemo_device SET active = 0 WHERE namespace = ?1 AND jid = ?2")?;
             let mut set = tx.prepare_cached(
                 "INSERT OR REPLACE INTO omemo_device (namespace, jid, device_id, active) VALUES (?1, ?2, ?3, 1)",
             )?;

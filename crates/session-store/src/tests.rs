@@ -16,11 +16,9 @@ impl<S: Store> Pair<S> {
     pub fn new(mut make: impl FnMut() -> S, seed: u64) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut a = make();
-        a.apply(&Account::create("alice@example.org", &[], 1000, &mut rng))
-            .unwrap();
+        a.apply(&Account::create("alice@example.org", &[], 1000, &mut rng)).unwrap();
         let mut b = make();
-        b.apply(&Account::create("bob@example.org", &[], 1000, &mut rng))
-            .unwrap();
+        b.apply(&Account::create("bob@example.org", &[], 1000, &mut rng)).unwrap();
         Self { a, b, rng }
     }
     fn acc(s: &S) -> Account {
@@ -35,15 +33,7 @@ impl<S: Store> Pair<S> {
         let to_b = Self::addr_of(&self.b);
         let bundle = account::own_bundle(&self.b).unwrap();
         let mut ch = Changes::default();
-        session::initiate(
-            &self.a,
-            &Self::acc(&self.a),
-            &to_b,
-            &bundle,
-            &mut ch,
-            &mut self.rng,
-        )
-        .unwrap();
+        session::initiate(&self.a, &Self::acc(&self.a), &to_b, &bundle, &mut ch, &mut self.rng).unwrap();
         self.a.apply(&ch).unwrap();
     }
     pub fn enc(from: &mut S, to: &S, pt: &[u8]) -> session::EncryptedKey {
@@ -91,10 +81,7 @@ macro_rules! store_conformance_tests {
             assert!(keys::valid_device_id(acc.device_id));
             let bundle = account::own_bundle(&p.a).unwrap();
             assert_eq!(bundle.pre_keys.len(), 100);
-            assert_eq!(
-                bundle.pre_keys.iter().map(|k| k.0).collect::<Vec<_>>(),
-                (1..=100).collect::<Vec<_>>()
-            );
+            assert_eq!(bundle.pre_keys.iter().map(|k| k.0).collect::<Vec<_>>(), (1..=100).collect::<Vec<_>>());
             bundle.verify_0_3().unwrap();
             assert_eq!(bundle.identity_key, acc.identity.public);
             assert_eq!(acc.next_pre_key_id, 101);
@@ -111,15 +98,9 @@ macro_rules! store_conformance_tests {
             let out = p.b_reads(&first.data).unwrap();
             assert!(out.kex);
             let used = out.consumed_pre_key.unwrap();
-            assert!(
-                p.b.pre_key(used).unwrap().is_none(),
-                "consumed pre-key deleted"
-            );
+            assert!(p.b.pre_key(used).unwrap().is_none(), "consumed pre-key deleted");
             assert_eq!(p.b.pre_keys().unwrap().len(), 100, "refilled");
-            assert!(
-                p.b.pre_key(101).unwrap().is_some(),
-                "replacement has a fresh id"
-            );
+            assert!(p.b.pre_key(101).unwrap().is_some(), "replacement has a fresh id");
             assert_eq!(&p.b_reads(&second.data).unwrap().plaintext[..], b"m1");
             // Conversation, both ways, with turns and runs.
             for round in 0..12u8 {
@@ -140,36 +121,19 @@ macro_rules! store_conformance_tests {
             p.start();
             let msgs: Vec<_> = (0..6u8).map(|i| p.a_to_b(&[i; 32])).collect();
             for i in [2usize, 0, 5, 1, 4, 3] {
-                assert_eq!(
-                    &p.b_reads(&msgs[i].data).unwrap().plaintext[..],
-                    &[i as u8; 32]
-                );
+                assert_eq!(&p.b_reads(&msgs[i].data).unwrap().plaintext[..], &[i as u8; 32]);
             }
             for m in &msgs {
-                assert!(matches!(
-                    p.b_reads(&m.data),
-                    Err(SessionError::Duplicate { .. })
-                ));
+                assert!(matches!(p.b_reads(&m.data), Err(SessionError::Duplicate { .. })));
             }
             let k = p.b_to_a(b"x");
             let mut bad = k.data.clone();
             let n = bad.len();
             bad[n - 12] ^= 1;
-            let before =
-                p.a.session(&Pair::<_>::addr_of(&p.b))
-                    .unwrap()
-                    .unwrap()
-                    .to_bytes();
+            let before = p.a.session(&Pair::<_>::addr_of(&p.b)).unwrap().unwrap().to_bytes();
             assert!(matches!(p.a_reads(&bad), Err(SessionError::BadMac)));
-            let after =
-                p.a.session(&Pair::<_>::addr_of(&p.b))
-                    .unwrap()
-                    .unwrap()
-                    .to_bytes();
-            assert_eq!(
-                before, after,
-                "a refused message leaves the session as it was"
-            );
+            let after = p.a.session(&Pair::<_>::addr_of(&p.b)).unwrap().unwrap().to_bytes();
+            assert_eq!(before, after, "a refused message leaves the session as it was");
             assert_eq!(&p.a_reads(&k.data).unwrap().plaintext[..], b"x");
             // Old chain messages after a turn: A sends on a new chain, the late one of the old still decrypts.
             let late = p.b_to_a(b"late");
@@ -190,10 +154,7 @@ macro_rules! store_conformance_tests {
                 p.a_to_b(b"lost");
             }
             let far = p.a_to_b(b"far");
-            assert!(matches!(
-                p.b_reads(&far.data),
-                Err(SessionError::TooFarAhead { .. })
-            ));
+            assert!(matches!(p.b_reads(&far.data), Err(SessionError::TooFarAhead { .. })));
         }
 
         #[test]
@@ -230,27 +191,14 @@ macro_rules! store_conformance_tests {
             assert_ne!(out2.identity.key, old_key);
             // Distrusting the new key refuses its messages and changes nothing.
             let mut ch = Changes::default();
-            ch.trust.push((
-                alice_addr.jid.clone(),
-                out2.identity.key,
-                TrustLevel::Distrusted,
-            ));
+            ch.trust.push((alice_addr.jid.clone(), out2.identity.key, TrustLevel::Distrusted));
             p.b.apply(&ch).unwrap();
             let k3 = Pair::enc(&mut a2, &p.b, b"again");
-            assert!(matches!(
-                Pair::dec(&mut p.b, &a2, &k3.data, &mut p.rng),
-                Err(SessionError::Distrusted { .. })
-            ));
+            assert!(matches!(Pair::dec(&mut p.b, &a2, &k3.data, &mut p.rng), Err(SessionError::Distrusted { .. })));
             // And we refuse to encrypt to it.
             let mut ch = Changes::default();
             assert!(matches!(
-                session::encrypt(
-                    &p.b,
-                    &p.b.account().unwrap().unwrap(),
-                    &alice_addr,
-                    b"x",
-                    &mut ch
-                ),
+                session::encrypt(&p.b, &p.b.account().unwrap().unwrap(), &alice_addr, b"x", &mut ch),
                 Err(SessionError::Untrusted { .. })
             ));
         }
@@ -262,17 +210,12 @@ macro_rules! store_conformance_tests {
             let k = p.a_to_b(b"hi");
             let out = p.b_reads(&k.data).unwrap();
             let mut ch = Changes::default();
-            ch.trust.push((
-                "alice@example.org".into(),
-                out.identity.key,
-                TrustLevel::Verified,
-            ));
+            ch.trust.push(("alice@example.org".into(), out.identity.key, TrustLevel::Verified));
             p.b.apply(&ch).unwrap();
             // A new key of a JID with a verified key is not blindly trusted.
             let mut ch = Changes::default();
             let other = KeyPair::generate(&mut p.rng).public;
-            let info =
-                session::check_identity(&p.b, &mut ch, "alice@example.org", 77, &other).unwrap();
+            let info = session::check_identity(&p.b, &mut ch, "alice@example.org", 77, &other).unwrap();
             assert_eq!(info.trust, TrustLevel::Undecided);
         }
 
@@ -284,15 +227,7 @@ macro_rules! store_conformance_tests {
             let to_a = Pair::<_>::addr_of(&p.a);
             let bundle = account::own_bundle(&p.a).unwrap();
             let mut ch = Changes::default();
-            session::initiate(
-                &p.b,
-                &p.b.account().unwrap().unwrap(),
-                &to_a,
-                &bundle,
-                &mut ch,
-                &mut p.rng,
-            )
-            .unwrap();
+            session::initiate(&p.b, &p.b.account().unwrap().unwrap(), &to_a, &bundle, &mut ch, &mut p.rng).unwrap();
             p.b.apply(&ch).unwrap();
             let from_a = p.a_to_b(b"a1");
             let from_b = p.b_to_a(b"b1");
@@ -321,10 +256,7 @@ macro_rules! store_conformance_tests {
             let r = q.b_reads(&k2.data);
             assert!(r.is_ok());
             let pk = r.unwrap().consumed_pre_key.unwrap();
-            assert!(matches!(
-                q.b_reads(&k2.data),
-                Err(SessionError::Duplicate { .. })
-            ));
+            assert!(matches!(q.b_reads(&k2.data), Err(SessionError::Duplicate { .. })));
             assert!(q.b.pre_key(pk).unwrap().is_none());
             // A plain message without any session.
             let mut r = pair(9);
@@ -333,10 +265,7 @@ macro_rules! store_conformance_tests {
             r.b_reads(&first.data).unwrap();
             let plain = r.b_to_a(b"2");
             let mut s = pair(10);
-            assert!(matches!(
-                s.a_reads(&plain.data),
-                Err(SessionError::NoSession)
-            ));
+            assert!(matches!(s.a_reads(&plain.data), Err(SessionError::NoSession)));
         }
 
         #[test]
@@ -363,39 +292,17 @@ macro_rules! store_conformance_tests {
         fn changes_are_all_or_nothing_and_device_lists() {
             let mut p = pair(12);
             let mut ch = Changes::default();
-            ch.device_lists.push((
-                Namespace::Oldmemo,
-                "carol@example.org".into(),
-                vec![1, 2, 3],
-            ));
+            ch.device_lists.push((Namespace::Oldmemo, "carol@example.org".into(), vec![1, 2, 3]));
             p.a.apply(&ch).unwrap();
-            assert_eq!(
-                p.a.device_list(Namespace::Oldmemo, "carol@example.org")
-                    .unwrap(),
-                Some(vec![1, 2, 3])
-            );
+            assert_eq!(p.a.device_list(Namespace::Oldmemo, "carol@example.org").unwrap(), Some(vec![1, 2, 3]));
             let mut ch = Changes::default();
-            ch.device_lists
-                .push((Namespace::Oldmemo, "carol@example.org".into(), vec![2, 4]));
+            ch.device_lists.push((Namespace::Oldmemo, "carol@example.org".into(), vec![2, 4]));
             p.a.apply(&ch).unwrap();
-            assert_eq!(
-                p.a.device_list(Namespace::Oldmemo, "carol@example.org")
-                    .unwrap(),
-                Some(vec![2, 4])
-            );
-            assert_eq!(
-                p.a.device_list(Namespace::Twomemo, "carol@example.org")
-                    .unwrap(),
-                None
-            );
+            assert_eq!(p.a.device_list(Namespace::Oldmemo, "carol@example.org").unwrap(), Some(vec![2, 4]));
+            assert_eq!(p.a.device_list(Namespace::Twomemo, "carol@example.org").unwrap(), None);
             let maint = account::maintain_keys(&p.a, 1000 + 60, &mut p.rng).unwrap();
             assert!(maint.is_empty(), "nothing due");
-            let maint = account::maintain_keys(
-                &p.a,
-                1000 + account::SIGNED_PRE_KEY_ROTATION_SECS,
-                &mut p.rng,
-            )
-            .unwrap();
+            let maint = account::maintain_keys(&p.a, 1000 + account::SIGNED_PRE_KEY_ROTATION_SECS, &mut p.rng).unwrap();
             assert_eq!(maint.signed_pre_keys.len(), 1);
             p.a.apply(&maint).unwrap();
             assert_eq!(p.a.signed_pre_keys().unwrap().len(), 2);
@@ -423,17 +330,9 @@ mod sqlite_store {
         let k = p.a_to_b(b"x");
         let addr = Pair::<_>::addr_of(&p.a);
         // Make the session insert fail after the pre-key deletion: nothing at all may change.
-        let (_, mut ch) = session::decrypt(
-            &p.b,
-            &p.b.account().unwrap().unwrap(),
-            &addr,
-            &k.data,
-            &mut p.rng,
-        )
-        .unwrap();
+        let (_, mut ch) = session::decrypt(&p.b, &p.b.account().unwrap().unwrap(), &addr, &k.data, &mut p.rng).unwrap();
         let removed = ch.removed_pre_keys[0];
-        ch.signed_pre_keys
-            .push(p.b.signed_pre_keys().unwrap()[0].clone());
+        ch.signed_pre_keys.push(p.b.signed_pre_keys().unwrap()[0].clone());
         ch.signed_pre_keys[0].created_at = u64::MAX; // does not fit SQLite's INTEGER
         assert!(p.b.apply(&ch).is_err());
         assert!(p.b.pre_key(removed).unwrap().is_some());
@@ -446,24 +345,14 @@ mod sqlite_store {
         let _ = std::fs::remove_file(&dir);
         {
             let mut s = SqliteStore::open(&dir).unwrap();
-            s.apply(&Account::create(
-                "a@b",
-                &[],
-                0,
-                &mut ChaCha20Rng::seed_from_u64(1),
-            ))
-            .unwrap();
+            s.apply(&Account::create("a@b", &[], 0, &mut ChaCha20Rng::seed_from_u64(1))).unwrap();
             assert_eq!(s.schema_version().unwrap(), 1);
         }
         let s = SqliteStore::open(&dir).unwrap();
         assert_eq!(s.account().unwrap().unwrap().jid, "a@b");
         let conn = s.into_inner();
-        conn.execute("UPDATE omemo_schema SET version = 99", [])
-            .unwrap();
-        assert!(matches!(
-            SqliteStore::new(conn),
-            Err(StoreError::SchemaTooNew { found: 99, .. })
-        ));
+        conn.execute("UPDATE omemo_schema SET version = 99", []).unwrap();
+        assert!(matches!(SqliteStore::new(conn), Err(StoreError::SchemaTooNew { found: 99, .. })));
         let _ = std::fs::remove_file(&dir);
     }
 }

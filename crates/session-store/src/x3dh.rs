@@ -41,11 +41,7 @@ pub struct PreKeyBundle {
 impl PreKeyBundle {
     /// Checks the signed pre-key's signature (OMEMO 0.3: XEdDSA over `0x05 ‖ spk`).
     pub fn verify_0_3(&self) -> Result<(), SessionError> {
-        if xeddsa::verify(
-            &self.identity_key,
-            &self.signed_pre_key.serialize(),
-            &self.signed_pre_key_signature,
-        ) {
+        if xeddsa::verify(&self.identity_key, &self.signed_pre_key.serialize(), &self.signed_pre_key_signature) {
             Ok(())
         } else {
             Err(SessionError::BadBundleSignature)
@@ -67,13 +63,7 @@ fn derive(ns: Namespace, dhs: &[&[u8; 32]]) -> Result<(RootKey, ChainKey), Sessi
     root.copy_from_slice(&okm[..32]);
     chain.copy_from_slice(&okm[32..]);
     okm.zeroize();
-    Ok((
-        RootKey(root),
-        ChainKey {
-            key: chain,
-            index: 0,
-        },
-    ))
+    Ok((RootKey(root), ChainKey { key: chain, index: 0 }))
 }
 
 /// Initiator: verifies the bundle, picks one of its pre-keys at random and builds a session whose
@@ -95,15 +85,7 @@ pub(crate) fn initiate_0_3(
     let dh2 = base.private.agree(&bundle.identity_key)?;
     let dh3 = base.private.agree(&bundle.signed_pre_key)?;
     let dh4 = base.private.agree(&pre_key)?;
-    let (root, _responder_chain) = derive(
-        ns,
-        &[
-            dh1.as_bytes(),
-            dh2.as_bytes(),
-            dh3.as_bytes(),
-            dh4.as_bytes(),
-        ],
-    )?;
+    let (root, _responder_chain) = derive(ns, &[dh1.as_bytes(), dh2.as_bytes(), dh3.as_bytes(), dh4.as_bytes()])?;
     let ratchet = KeyPair::generate(rng);
     let (root, sending) = root.create_chain(ns, &bundle.signed_pre_key, &ratchet.private)?;
     Ok(SessionState {
@@ -117,10 +99,7 @@ pub(crate) fn initiate_0_3(
         receiver: None,
         previous_receiver: None,
         skipped: VecDeque::new(),
-        pending: Some(PendingKeyExchange {
-            pre_key_id: Some(pre_key_id),
-            signed_pre_key_id: bundle.signed_pre_key_id,
-        }),
+        pending: Some(PendingKeyExchange { pre_key_id: Some(pre_key_id), signed_pre_key_id: bundle.signed_pre_key_id }),
     })
 }
 
@@ -137,15 +116,7 @@ pub(crate) fn respond_0_3(
     let dh2 = our_identity.private.agree(base_key)?;
     let dh3 = signed_pre_key.private.agree(base_key)?;
     let dh4 = pre_key.private.agree(base_key)?;
-    let (root, chain) = derive(
-        ns,
-        &[
-            dh1.as_bytes(),
-            dh2.as_bytes(),
-            dh3.as_bytes(),
-            dh4.as_bytes(),
-        ],
-    )?;
+    let (root, chain) = derive(ns, &[dh1.as_bytes(), dh2.as_bytes(), dh3.as_bytes(), dh4.as_bytes()])?;
     Ok(SessionState {
         remote_identity: *their_identity,
         initiator: false,

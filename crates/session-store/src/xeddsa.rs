@@ -40,19 +40,10 @@ pub fn sign(private: &PrivateKey, message: &[u8], random: &[u8; 64]) -> [u8; SIG
     prefix[0] = 0xFE;
     let mut a_bytes = a.to_bytes();
     let mut r = Scalar::from_hash(
-        Sha512::new()
-            .chain_update(prefix)
-            .chain_update(a_bytes)
-            .chain_update(message)
-            .chain_update(random),
+        Sha512::new().chain_update(prefix).chain_update(a_bytes).chain_update(message).chain_update(random),
     );
     let big_r = EdwardsPoint::mul_base(&r).compress().to_bytes();
-    let h = Scalar::from_hash(
-        Sha512::new()
-            .chain_update(big_r)
-            .chain_update(big_a)
-            .chain_update(message),
-    );
+    let h = Scalar::from_hash(Sha512::new().chain_update(big_r).chain_update(big_a).chain_update(message));
     let s = r + h * a;
     a.zeroize();
     r.zeroize();
@@ -83,8 +74,7 @@ pub fn verify_ed25519(public: &[u8; 32], message: &[u8], sig: &[u8; SIGNATURE_LE
     let Ok(vk) = VerifyingKey::from_bytes(public) else {
         return false;
     };
-    vk.verify_strict(message, &Signature::from_bytes(sig))
-        .is_ok()
+    vk.verify_strict(message, &Signature::from_bytes(sig)).is_ok()
 }
 
 #[cfg(test)]

@@ -9,9 +9,7 @@ use crate::error::XmlError;
 
 /// Parses XML text into an element. Malformed input is an error value, never a panic.
 pub fn parse_element(text: &str) -> Result<Element, XmlError> {
-    text.trim()
-        .parse::<Element>()
-        .map_err(|e| XmlError::Syntax(e.to_string()))
+    text.trim().parse::<Element>().map_err(|e| XmlError::Syntax(e.to_string()))
 }
 
 /// Finds the first element named `name` in namespace `ns` at or below `root` (depth-first), the way the

@@ -26,25 +26,14 @@ pub struct MessageHeaders {
 /// Builds the `<message>` stanza.
 pub fn build_message(headers: &MessageHeaders, encrypted: Vec<Element>) -> Element {
     let mut b = Element::builder("message", NS_CLIENT)
-        .attr(
-            xso_name("type"),
-            if headers.groupchat {
-                "groupchat"
-            } else {
-                "chat"
-            },
-        )
+        .attr(xso_name("type"), if headers.groupchat { "groupchat" } else { "chat" })
         .attr(xso_name("id"), headers.id.as_str());
     if let Some(to) = &headers.to {
         b = b.attr(xso_name("to"), to.as_str());
     }
     let mut msg = b.build();
     if headers.fallback_body {
-        msg.append_child(
-            Element::builder("body", NS_CLIENT)
-                .append(FALLBACK_BODY)
-                .build(),
-        );
+        msg.append_child(Element::builder("body", NS_CLIENT).append(FALLBACK_BODY).build());
     }
     for e in encrypted {
         msg.append_child(e);
@@ -56,11 +45,7 @@ pub fn build_message(headers: &MessageHeaders, encrypted: Vec<Element>) -> Eleme
             .attr(xso_name("name"), "OMEMO")
             .build(),
     );
-    msg.append_child(
-        Element::builder("origin-id", "urn:xmpp:sid:0")
-            .attr(xso_name("id"), headers.id.as_str())
-            .build(),
-    );
+    msg.append_child(Element::builder("origin-id", "urn:xmpp:sid:0").attr(xso_name("id"), headers.id.as_str()).build());
     msg
 }
 
@@ -72,8 +57,7 @@ fn xso_name(s: &'static str) -> minidom::rxml::NcName {
 
 /// The origin-id of a stanza (XEP-0359), if any.
 pub fn origin_id(msg: &Element) -> Option<&str> {
-    msg.get_child("origin-id", "urn:xmpp:sid:0")
-        .and_then(|e| e.attr("id"))
+    msg.get_child("origin-id", "urn:xmpp:sid:0").and_then(|e| e.attr("id"))
 }
 
 /// The bare part of a JID (everything before the first `/`).

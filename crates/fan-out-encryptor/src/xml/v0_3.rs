@@ -20,10 +20,7 @@ pub fn bundle_node(device: DeviceId) -> String {
 }
 
 fn invalid(element: &'static str, detail: impl ToString) -> XmlError {
-    XmlError::Invalid {
-        element,
-        detail: detail.to_string(),
-    }
+    XmlError::Invalid { element, detail: detail.to_string() }
 }
 
 /// Reads a `<list>`: valid device ids, deduplicated, in order.
@@ -40,10 +37,7 @@ pub fn parse_device_list(elem: &Element) -> Result<Vec<DeviceId>, XmlError> {
 
 /// Builds a `<list>`.
 pub fn device_list(devices: &[DeviceId]) -> Element {
-    DeviceList {
-        devices: devices.iter().map(|&id| Device { id }).collect(),
-    }
-    .into()
+    DeviceList { devices: devices.iter().map(|&id| Device { id }).collect() }.into()
 }
 
 /// Reads a `<bundle>` into a [`PreKeyBundle`] (the signature is checked when a session is built).
@@ -51,27 +45,16 @@ pub fn parse_bundle(elem: &Element) -> Result<PreKeyBundle, XmlError> {
     let mut elem = elem.clone();
     strip_base64_whitespace(&mut elem);
     let b = Bundle::try_from(elem).map_err(|e| invalid("bundle", e))?;
-    let spk = b
-        .signed_pre_key_public
-        .ok_or_else(|| invalid("bundle", "no signedPreKeyPublic"))?;
-    let sig = b
-        .signed_pre_key_signature
-        .ok_or_else(|| invalid("bundle", "no signedPreKeySignature"))?;
-    let ik = b
-        .identity_key
-        .ok_or_else(|| invalid("bundle", "no identityKey"))?;
-    let key = |what: &'static str, data: &[u8]| {
-        PublicKey::deserialize(data).map_err(|e| invalid(what, e))
-    };
+    let spk = b.signed_pre_key_public.ok_or_else(|| invalid("bundle", "no signedPreKeyPublic"))?;
+    let sig = b.signed_pre_key_signature.ok_or_else(|| invalid("bundle", "no signedPreKeySignature"))?;
+    let ik = b.identity_key.ok_or_else(|| invalid("bundle", "no identityKey"))?;
+    let key = |what: &'static str, data: &[u8]| PublicKey::deserialize(data).map_err(|e| invalid(what, e));
     let mut pre_keys = Vec::new();
     for pk in b.prekeys.map(|p| p.keys).unwrap_or_default() {
         pre_keys.push((pk.pre_key_id, key("preKeyPublic", &pk.data)?));
     }
     if sig.data.len() != 64 {
-        return Err(invalid(
-            "signedPreKeySignature",
-            format!("{} bytes", sig.data.len()),
-        ));
+        return Err(invalid("signedPreKeySignature", format!("{} bytes", sig.data.len())));
     }
     Ok(PreKeyBundle {
         identity_key: key("identityKey", &ik.data)?,
@@ -90,20 +73,13 @@ pub fn bundle(b: &PreKeyBundle) -> Element {
             signed_pre_key_id: Some(b.signed_pre_key_id),
             data: b.signed_pre_key.serialize().to_vec(),
         }),
-        signed_pre_key_signature: Some(SignedPreKeySignature {
-            data: b.signed_pre_key_signature.clone(),
-        }),
-        identity_key: Some(IdentityKey {
-            data: b.identity_key.serialize().to_vec(),
-        }),
+        signed_pre_key_signature: Some(SignedPreKeySignature { data: b.signed_pre_key_signature.clone() }),
+        identity_key: Some(IdentityKey { data: b.identity_key.serialize().to_vec() }),
         prekeys: Some(Prekeys {
             keys: b
                 .pre_keys
                 .iter()
-                .map(|(id, k)| PreKeyPublic {
-                    pre_key_id: *id,
-                    data: k.serialize().to_vec(),
-                })
+                .map(|(id, k)| PreKeyPublic { pre_key_id: *id, data: k.serialize().to_vec() })
                 .collect(),
         }),
     }
@@ -115,8 +91,7 @@ pub fn encrypted(enc: Encrypted) -> Element {
     let mut elem: Element = enc.into();
     if let Some(header) = elem.get_child_mut("header", NS) {
         for key in header.children_mut().filter(|c| c.is("key", NS)) {
-            key.attrs_mut()
-                .retain(|_, name, value| !(name.as_str() == "prekey" && value.as_str() == "false"));
+            key.attrs_mut().retain(|_, name, value| !(name.as_str() == "prekey" && value.as_str() == "false"));
         }
     }
     elem
@@ -136,9 +111,8 @@ mod tests {
     use crate::xml::{find_descendant, parse_element};
 
     fn fixture(name: &str) -> Option<Element> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/realworld/fixtures")
-            .join(name);
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/realworld/fixtures").join(name);
         let text = std::fs::read_to_string(path).ok()?;
         parse_element(&text).ok()
     }
@@ -169,22 +143,18 @@ mod tests {
         )
         .unwrap();
         let enc = parse_encrypted(&e).unwrap();
-        assert_eq!(
-            enc.header.keys.iter().map(|k| k.prekey).collect::<Vec<_>>(),
-            vec![true, true, false]
-        );
+        assert_eq!(enc.header.keys.iter().map(|k| k.prekey).collect::<Vec<_>>(), vec![true, true, false]);
         assert_eq!(enc.header.keys[0].data, vec![0, 0, 0]);
         assert!(parse_element("<encrypted").is_err());
-        let no_iv = parse_element(
-            "<encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='5'/></encrypted>",
+        let no_iv =
+            parse_element("<encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='5'/></encrypted>").unwrap();
+        assert!(parse_encrypted(&no_iv).is_err());
+        let bad_list = parse_element("<list xmlns='eu.siacs.conversations.axolotl'><device id='x'/></list>").unwrap();
+        assert!(parse_device_list(&bad_list).is_err());
+        let list = parse_element(
+            "<list xmlns='eu.siacs.conversations.axolotl'><device id='0'/><device id='3'/><device id='3'/></list>",
         )
         .unwrap();
-        assert!(parse_encrypted(&no_iv).is_err());
-        let bad_list =
-            parse_element("<list xmlns='eu.siacs.conversations.axolotl'><device id='x'/></list>")
-                .unwrap();
-        assert!(parse_device_list(&bad_list).is_err());
-        let list = parse_element("<list xmlns='eu.siacs.conversations.axolotl'><device id='0'/><device id='3'/><device id='3'/></list>").unwrap();
         assert_eq!(parse_device_list(&list).unwrap(), vec![3]);
     }
 }

@@ -16,15 +16,8 @@ use crate::{
 type HmacSha256 = Hmac<Sha256>;
 
 /// HKDF-SHA-256 with the given salt (None = 32 zero bytes, which HKDF treats the same).
-pub(crate) fn hkdf(
-    salt: Option<&[u8]>,
-    ikm: &[u8],
-    info: &[u8],
-    out: &mut [u8],
-) -> Result<(), &'static str> {
-    Hkdf::<Sha256>::new(salt, ikm)
-        .expand(info, out)
-        .map_err(|_| "hkdf output too long")
+pub(crate) fn hkdf(salt: Option<&[u8]>, ikm: &[u8], info: &[u8], out: &mut [u8]) -> Result<(), &'static str> {
+    Hkdf::<Sha256>::new(salt, ikm).expand(info, out).map_err(|_| "hkdf output too long")
 }
 
 /// HMAC-SHA-256.
@@ -65,13 +58,7 @@ impl RootKey {
         root.copy_from_slice(&okm[..32]);
         chain.copy_from_slice(&okm[32..]);
         okm.zeroize();
-        Ok((
-            RootKey(root),
-            ChainKey {
-                key: chain,
-                index: 0,
-            },
-        ))
+        Ok((RootKey(root), ChainKey { key: chain, index: 0 }))
     }
 }
 
@@ -96,27 +83,19 @@ impl ChainKey {
 
     /// The message key seed for message `index`: `HMAC(ck, 0x01)`.
     pub fn message_key_seed(&self) -> MessageKeySeed {
-        MessageKeySeed {
-            seed: hmac_sha256(&self.key, &[&[0x01]]),
-            counter: self.index,
-        }
+        MessageKeySeed { seed: hmac_sha256(&self.key, &[&[0x01]]), counter: self.index }
     }
 
     /// The next chain key: `HMAC(ck, 0x02)`. `None` when the counter would overflow.
     pub fn next(&self) -> Option<ChainKey> {
-        Some(ChainKey {
-            key: hmac_sha256(&self.key, &[&[0x02]]),
-            index: self.index.checked_add(1)?,
-        })
+        Some(ChainKey { key: hmac_sha256(&self.key, &[&[0x02]]), index: self.index.checked_add(1)? })
     }
 }
 
 impl fmt::Debug for ChainKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Self { key: _, index } = self;
-        f.debug_struct("ChainKey")
-            .field("index", index)
-            .finish_non_exhaustive()
+        f.debug_struct("ChainKey").field("index", index).finish_non_exhaustive()
     }
 }
 
@@ -132,12 +111,7 @@ impl MessageKeySeed {
     pub fn expand(&self, ns: Namespace) -> MessageKeys {
         let mut okm = [0u8; 80];
         let _ = hkdf(None, &self.seed, ns.message_key_info(), &mut okm);
-        let mut keys = MessageKeys {
-            cipher_key: [0; 32],
-            mac_key: [0; 32],
-            iv: [0; 16],
-            counter: self.counter,
-        };
+        let mut keys = MessageKeys { cipher_key: [0; 32], mac_key: [0; 32], iv: [0; 16], counter: self.counter };
         keys.cipher_key.copy_from_slice(&okm[..32]);
         keys.mac_key.copy_from_slice(&okm[32..64]);
         keys.iv.copy_from_slice(&okm[64..]);
@@ -149,9 +123,7 @@ impl MessageKeySeed {
 impl fmt::Debug for MessageKeySeed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Self { seed: _, counter } = self;
-        f.debug_struct("MessageKeySeed")
-            .field("counter", counter)
-            .finish_non_exhaustive()
+        f.debug_struct("MessageKeySeed").field("counter", counter).finish_non_exhaustive()
     }
 }
 
@@ -166,14 +138,7 @@ pub struct MessageKeys {
 
 impl fmt::Debug for MessageKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self {
-            cipher_key: _,
-            mac_key: _,
-            iv: _,
-            counter,
-        } = self;
-        f.debug_struct("MessageKeys")
-            .field("counter", counter)
-            .finish_non_exhaustive()
+        let Self { cipher_key: _, mac_key: _, iv: _, counter } = self;
+        f.debug_struct("MessageKeys").field("counter", counter).finish_non_exhaustive()
     }
 }

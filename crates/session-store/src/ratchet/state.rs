@@ -90,11 +90,7 @@ impl fmt::Debug for SessionState {
     }
 }
 
-fn push_skipped(
-    skipped: &mut VecDeque<(PublicKey, MessageKeySeed)>,
-    ratchet: PublicKey,
-    seed: MessageKeySeed,
-) {
+fn push_skipped(skipped: &mut VecDeque<(PublicKey, MessageKeySeed)>, ratchet: PublicKey, seed: MessageKeySeed) {
     if skipped.len() >= MAX_SKIPPED_KEYS {
         skipped.pop_front();
     }
@@ -113,17 +109,11 @@ fn skip_to(
     }
     let gap = target - chain.index();
     if gap > MAX_MESSAGE_GAP {
-        return Err(SessionError::TooFarAhead {
-            counter: target,
-            gap: gap.into(),
-            max: MAX_MESSAGE_GAP as usize,
-        });
+        return Err(SessionError::TooFarAhead { counter: target, gap: gap.into(), max: MAX_MESSAGE_GAP as usize });
     }
     while chain.index() < target {
         push_skipped(skipped, ratchet, chain.message_key_seed());
-        *chain = chain
-            .next()
-            .ok_or(SessionError::Malformed("counter overflow"))?;
+        *chain = chain.next().ok_or(SessionError::Malformed("counter overflow"))?;
     }
     Ok(())
 }
@@ -140,41 +130,25 @@ fn key_on_chain(
     }
     skip_to(chain, ratchet, counter, skipped)?;
     let seed = chain.message_key_seed();
-    *chain = chain
-        .next()
-        .ok_or(SessionError::Malformed("counter overflow"))?;
+    *chain = chain.next().ok_or(SessionError::Malformed("counter overflow"))?;
     Ok(seed)
 }
 
 impl SessionState {
     /// Encrypts `plaintext` (the key material) as an OMEMO 0.3 key element. Advances the sending chain.
-    pub(crate) fn encrypt_0_3(
-        &mut self,
-        our_identity: &PublicKey,
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, SessionError> {
+    pub(crate) fn encrypt_0_3(&mut self, our_identity: &PublicKey, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
         let ns = Namespace::Oldmemo;
         let keys = self.sender_chain.message_key_seed().expand(ns);
-        let next = self
-            .sender_chain
-            .next()
-            .ok_or(SessionError::Internal("sending chain exhausted"))?;
-        let ciphertext = Aes256CbcEnc::new(&keys.cipher_key.into(), &keys.iv.into())
-            .encrypt_padded_vec_mut::<Pkcs7>(plaintext);
+        let next = self.sender_chain.next().ok_or(SessionError::Internal("sending chain exhausted"))?;
+        let ciphertext =
+            Aes256CbcEnc::new(&keys.cipher_key.into(), &keys.iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plaintext);
         let mut msg = SignalMessage::encode_unauthenticated(
             &self.sender_ratchet.public,
             self.sender_chain.index(),
             self.previous_counter,
             &ciphertext,
         );
-        let mac = hmac_sha256(
-            &keys.mac_key,
-            &[
-                &our_identity.serialize(),
-                &self.remote_identity.serialize(),
-                &msg,
-            ],
-        );
+        let mac = hmac_sha256(&keys.mac_key, &[&our_identity.serialize(), &self.remote_identity.serialize(), &msg]);
         msg.extend_from_slice(&mac[..MAC_LEN]);
         self.sender_chain = next;
         Ok(match &self.pending {
@@ -197,43 +171,20 @@ impl SessionState {
         rng: &mut impl CryptoRngCore,
     ) -> Result<MessageKeySeed, SessionError> {
         let ns = Namespace::Oldmemo;
-        if let Some(pos) = self
-            .skipped
-            .iter()
-            .position(|(r, s)| *r == msg.ratchet_key && s.counter == msg.counter)
-        {
-            return self
-                .skipped
-                .remove(pos)
-                .map(|(_, s)| s)
-                .ok_or(SessionError::Internal("skipped key vanished"));
+        if let Some(pos) = self.skipped.iter().position(|(r, s)| *r == msg.ratchet_key && s.counter == msg.counter) {
+            return self.skipped.remove(pos).map(|(_, s)| s).ok_or(SessionError::Internal("skipped key vanished"));
         }
-        for chain in [&mut self.receiver, &mut self.previous_receiver]
-            .into_iter()
-            .flatten()
-        {
+        for chain in [&mut self.receiver, &mut self.previous_receiver].into_iter().flatten() {
             if chain.ratchet == msg.ratchet_key {
-                return key_on_chain(
-                    &mut chain.chain,
-                    chain.ratchet,
-                    msg.counter,
-                    &mut self.skipped,
-                );
+                return key_on_chain(&mut chain.chain, chain.ratchet, msg.counter, &mut self.skipped);
             }
         }
         // A new ratchet key from the peer: finish the current receiving chain up to the length the peer
         // says it had, then step the root chain twice (receiving, then a fresh sending chain).
         if let Some(current) = &mut self.receiver {
-            skip_to(
-                &mut current.chain,
-                current.ratchet,
-                msg.previous_counter,
-                &mut self.skipped,
-            )?;
+            skip_to(&mut current.chain, current.ratchet, msg.previous_counter, &mut self.skipped)?;
         }
-        let (root, receiving) =
-            self.root
-                .create_chain(ns, &msg.ratchet_key, &self.sender_ratchet.private)?;
+        let (root, receiving) = self.root.create_chain(ns, &msg.ratchet_key, &self.sender_ratchet.private)?;
         let ratchet = KeyPair::generate(rng);
         let (root, sending) = root.create_chain(ns, &msg.ratchet_key, &ratchet.private)?;
         self.root = root;
@@ -241,16 +192,8 @@ impl SessionState {
         self.sender_ratchet = ratchet;
         self.sender_chain = sending;
         self.previous_receiver = self.receiver.take();
-        let mut chain = ReceiverChain {
-            ratchet: msg.ratchet_key,
-            chain: receiving,
-        };
-        let seed = key_on_chain(
-            &mut chain.chain,
-            chain.ratchet,
-            msg.counter,
-            &mut self.skipped,
-        )?;
+        let mut chain = ReceiverChain { ratchet: msg.ratchet_key, chain: receiving };
+        let seed = key_on_chain(&mut chain.chain, chain.ratchet, msg.counter, &mut self.skipped)?;
         self.receiver = Some(chain);
         Ok(seed)
     }
@@ -265,11 +208,7 @@ impl SessionState {
         let keys = self.message_key(msg, rng)?.expand(Namespace::Oldmemo);
         let mac = hmac_sha256(
             &keys.mac_key,
-            &[
-                &self.remote_identity.serialize(),
-                &our_identity.serialize(),
-                &msg.authenticated,
-            ],
+            &[&self.remote_identity.serialize(), &our_identity.serialize(), &msg.authenticated],
         );
         if !ct_eq(&mac[..MAC_LEN], &msg.mac) {
             return Err(SessionError::BadMac);
@@ -293,10 +232,7 @@ pub struct SessionRecord {
 impl fmt::Debug for SessionRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Self { current, archived } = self;
-        f.debug_struct("SessionRecord")
-            .field("current", current)
-            .field("archived", &archived.len())
-            .finish()
+        f.debug_struct("SessionRecord").field("current", current).field("archived", &archived.len()).finish()
     }
 }
 
@@ -321,6 +257,14 @@ impl SessionRecord {
         self.current.as_ref().map(|s| s.sender_chain.index())
     }
 
+    /// Encrypts `plaintext` (key material) for the peer on the current session, advancing its sending
+    /// chain. Returns the key element bytes and whether they are a key exchange.
+    pub fn encrypt_0_3(&mut self, our_identity: &PublicKey, plaintext: &[u8]) -> Result<(Vec<u8>, bool), SessionError> {
+        let state = self.current.as_mut().ok_or(SessionError::NoSession)?;
+        let kex = state.pending.is_some();
+        Ok((state.encrypt_0_3(our_identity, plaintext)?, kex))
+    }
+
     /// Makes `state` current, archiving the previous current state.
     pub(crate) fn promote(&mut self, state: SessionState) {
         if let Some(old) = self.current.replace(state) {
@@ -331,17 +275,10 @@ impl SessionRecord {
 
     /// Index of the state (`None` = current) built from `base_key`, if any.
     pub(crate) fn find_base_key(&self, base_key: &PublicKey) -> Option<Option<usize>> {
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|s| s.base_key == *base_key)
-        {
+        if self.current.as_ref().is_some_and(|s| s.base_key == *base_key) {
             return Some(None);
         }
-        self.archived
-            .iter()
-            .position(|s| s.base_key == *base_key)
-            .map(Some)
+        self.archived.iter().position(|s| s.base_key == *base_key).map(Some)
     }
 
     /// Decrypts a SignalMessage with the current state, then with the archived ones. On success the

@@ -85,9 +85,7 @@ impl SignalMessage {
         let (authenticated, mac) = bytes.split_at(bytes.len() - MAC_LEN);
         let proto = SignalMessageProto::decode(&authenticated[1..])
             .map_err(|_| SessionError::Malformed("SignalMessage protobuf"))?;
-        let (Some(rk), Some(counter), Some(ct)) =
-            (proto.ratchet_key, proto.counter, proto.ciphertext)
-        else {
+        let (Some(rk), Some(counter), Some(ct)) = (proto.ratchet_key, proto.counter, proto.ciphertext) else {
             return Err(SessionError::Malformed("SignalMessage lacks a field"));
         };
         let mut m = [0u8; MAC_LEN];
@@ -148,12 +146,9 @@ impl PreKeySignalMessage {
         let body = check_version(bytes)?;
         let proto = PreKeySignalMessageProto::decode(body)
             .map_err(|_| SessionError::Malformed("PreKeySignalMessage protobuf"))?;
-        let (Some(spk), Some(base), Some(ik), Some(msg)) = (
-            proto.signed_pre_key_id,
-            proto.base_key,
-            proto.identity_key,
-            proto.message,
-        ) else {
+        let (Some(spk), Some(base), Some(ik), Some(msg)) =
+            (proto.signed_pre_key_id, proto.base_key, proto.identity_key, proto.message)
+        else {
             return Err(SessionError::Malformed("PreKeySignalMessage lacks a field"));
         };
         Ok(Self {
@@ -192,22 +187,14 @@ mod tests {
         let mut msg = SignalMessage::encode_unauthenticated(&rk, 3, 2, &[1; 32]);
         msg.extend_from_slice(&[0xAA; MAC_LEN]);
         let parsed = SignalMessage::parse(&msg);
-        assert!(
-            matches!(&parsed, Ok(m) if m.counter == 3 && m.previous_counter == 2 && m.ratchet_key == rk)
-        );
+        assert!(matches!(&parsed, Ok(m) if m.counter == 3 && m.previous_counter == 2 && m.ratchet_key == rk));
         for cut in 0..msg.len() {
             // Never a panic; short prefixes are errors.
             let _ = SignalMessage::parse(&msg[..cut]);
         }
         assert!(SignalMessage::parse(&[]).is_err());
-        assert!(matches!(
-            SignalMessage::parse(&[0x22, 0, 0]),
-            Err(SessionError::UnsupportedVersion(0x22))
-        ));
-        assert!(
-            PreKeySignalMessage::parse(&msg).is_err(),
-            "a SignalMessage is no key exchange"
-        );
+        assert!(matches!(SignalMessage::parse(&[0x22, 0, 0]), Err(SessionError::UnsupportedVersion(0x22))));
+        assert!(PreKeySignalMessage::parse(&msg).is_err(), "a SignalMessage is no key exchange");
         assert!(SignalMessage::parse(&vec![0x33; MAX_MESSAGE_LEN + 1]).is_err());
     }
 

@@ -19,14 +19,14 @@ pub fn oracle_path() -> PathBuf {
 }
 
 /// A scratch directory removed on drop.
+#[derive(Debug)]
 pub struct Scratch {
     pub dir: PathBuf,
 }
 
 impl Scratch {
     pub fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("omemo-muc-test-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("omemo-muc-test-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self { dir }
@@ -45,12 +45,8 @@ impl Drop for Scratch {
 }
 
 fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     {
         let mut pipe = child.stdin.take().unwrap();
         if let Some(s) = stdin {
@@ -61,6 +57,7 @@ fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
 }
 
 /// One of our devices: a store file and a JID.
+#[derive(Debug)]
 pub struct Ours<'a> {
     pub s: &'a Scratch,
     pub jid: String,
@@ -69,11 +66,7 @@ pub struct Ours<'a> {
 
 impl<'a> Ours<'a> {
     pub fn new(s: &'a Scratch, jid: &str, name: &str) -> Self {
-        let me = Self {
-            s,
-            jid: jid.into(),
-            store: s.dir.join(format!("{name}.sqlite3")),
-        };
+        let me = Self { s, jid: jid.into(), store: s.dir.join(format!("{name}.sqlite3")) };
         let init = me.ok(&["init"], None);
         assert!(init["device_id"].as_u64().unwrap() > 0);
         me.ok(&["publish"], None);
@@ -81,10 +74,7 @@ impl<'a> Ours<'a> {
     }
     pub fn cmd(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut c = Command::new(env!("CARGO_BIN_EXE_omemo-muc"));
-        c.arg("--store")
-            .arg(&self.store)
-            .arg("--jid")
-            .arg(&self.jid);
+        c.arg("--store").arg(&self.store).arg("--jid").arg(&self.jid);
         c.args(args);
         if matches!(args.first(), Some(&"publish" | &"encrypt" | &"decrypt")) {
             c.arg("--pep").arg(self.s.pep());
@@ -102,42 +92,27 @@ impl<'a> Ours<'a> {
         serde_json::from_slice(&o.stdout).unwrap()
     }
     pub fn device_id(&self) -> u64 {
-        self.ok(&["fingerprint"], None)["device_id"]
-            .as_u64()
-            .unwrap()
+        self.ok(&["fingerprint"], None)["device_id"].as_u64().unwrap()
     }
     pub fn encrypt(&self, to: &[&str], text: &str) -> String {
-        let o = self.cmd(
-            &["encrypt", "--to", &to.join(","), "--plaintext", text],
-            None,
-        );
-        assert!(
-            o.status.success(),
-            "encrypt failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let o = self.cmd(&["encrypt", "--to", &to.join(","), "--plaintext", text], None);
+        assert!(o.status.success(), "encrypt failed: {}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap()
     }
     pub fn decrypt(&self, stanza: &str, sender: &str) -> Result<Value, Value> {
         let o = self.cmd(&["decrypt", "--sender", sender], Some(stanza));
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
-            panic!(
-                "no JSON from decrypt: {}",
-                String::from_utf8_lossy(&o.stderr)
-            )
-        });
+        let v: Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("no JSON from decrypt: {}", String::from_utf8_lossy(&o.stderr)));
         match o.status.code() {
             Some(0) => Ok(v),
             Some(2) => Err(v),
-            other => panic!(
-                "decrypt exit {other:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
+            other => panic!("decrypt exit {other:?}: {}", String::from_utf8_lossy(&o.stderr)),
         }
     }
 }
 
 /// One oracle (python-omemo) device.
+#[derive(Debug)]
 pub struct Oracle<'a> {
     pub s: &'a Scratch,
     pub jid: String,
@@ -152,23 +127,13 @@ impl<'a> Oracle<'a> {
             "the oracle is missing at {} (set OMEMO_ORACLE, or run ../shared/oracle/setup.sh)",
             path.display()
         );
-        let me = Self {
-            s,
-            jid: jid.into(),
-            state: s.dir.join(format!("{name}.json")),
-        };
+        let me = Self { s, jid: jid.into(), state: s.dir.join(format!("{name}.json")) };
         me.ok(&["init", "--ns", "oldmemo"], None);
         me
     }
     pub fn cmd(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut c = Command::new(oracle_path());
-        c.arg(args[0])
-            .arg("--pep")
-            .arg(self.s.pep())
-            .arg("--state")
-            .arg(&self.state)
-            .arg("--jid")
-            .arg(&self.jid);
+        c.arg(args[0]).arg("--pep").arg(self.s.pep()).arg("--state").arg(&self.state).arg("--jid").arg(&self.jid);
         c.args(&args[1..]);
         run(c, stdin)
     }
@@ -183,28 +148,11 @@ impl<'a> Oracle<'a> {
         serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
     }
     pub fn device_id(&self) -> u64 {
-        self.ok(&["fingerprint"], None)["device_id"]
-            .as_u64()
-            .unwrap()
+        self.ok(&["fingerprint"], None)["device_id"].as_u64().unwrap()
     }
     pub fn encrypt(&self, to: &[&str], text: &str) -> String {
-        let o = self.cmd(
-            &[
-                "encrypt",
-                "--to",
-                &to.join(","),
-                "--ns",
-                "oldmemo",
-                "--plaintext",
-                text,
-            ],
-            None,
-        );
-        assert!(
-            o.status.success(),
-            "oracle encrypt failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let o = self.cmd(&["encrypt", "--to", &to.join(","), "--ns", "oldmemo", "--plaintext", text], None);
+        assert!(o.status.success(), "oracle encrypt failed: {}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap()
     }
     pub fn decrypt(&self, stanza: &str, sender: &str) -> Result<Value, Value> {
@@ -213,10 +161,7 @@ impl<'a> Oracle<'a> {
         match o.status.code() {
             Some(0) => Ok(v),
             Some(2) => Err(v),
-            other => panic!(
-                "oracle decrypt exit {other:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            ),
+            other => panic!("oracle decrypt exit {other:?}: {}", String::from_utf8_lossy(&o.stderr)),
         }
     }
 }
@@ -231,10 +176,5 @@ pub fn tamper(stanza: &str, tag: &str) -> String {
     let mut bytes = eng.decode(&stanza[start..end]).unwrap();
     let i = bytes.len() / 2;
     bytes[i] ^= 0x01;
-    format!(
-        "{}{}{}",
-        &stanza[..start],
-        eng.encode(bytes),
-        &stanza[end..]
-    )
+    format!("{}{}{}", &stanza[..start], eng.encode(bytes), &stanza[end..])
 }
