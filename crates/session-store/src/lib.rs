@@ -54,6 +54,8 @@ pub mod x3dh;
 pub mod xeddsa;
 
 #[cfg(test)]
+mod kat;
+#[cfg(test)]
 mod tests;
 
 pub use account::{Account, PreKeyRecord, SignedPreKeyRecord};

@@ -16,16 +16,17 @@ use crate::keys::{PrivateKey, PublicKey};
 /// Length of a signature.
 pub const SIGNATURE_LEN: usize = 64;
 
-/// The Ed25519 public key (sign bit 0) that XEdDSA signatures by `private` verify under, and the scalar
-/// to sign with.
-fn edwards_key(private: &PrivateKey) -> (Scalar, [u8; 32]) {
-    let mut a = Scalar::from_bytes_mod_order(*private.as_bytes());
-    let mut big_a = EdwardsPoint::mul_base(&a).compress().to_bytes();
-    if big_a[31] & 0x80 != 0 {
-        a = -a;
-        big_a = EdwardsPoint::mul_base(&a).compress().to_bytes();
+/// The Ed25519 public key (sign bit 0) that XEdDSA signatures by `private` verify under, the scalar to
+/// sign with, and the bytes of `a` that go into the nonce hash. Like libsignal and libxeddsa, the nonce
+/// hash takes the clamped key as it is when no negation is needed, and `-k mod q` otherwise.
+fn edwards_key(private: &PrivateKey) -> (Scalar, [u8; 32], [u8; 32]) {
+    let k = Scalar::from_bytes_mod_order(*private.as_bytes());
+    let big_a = EdwardsPoint::mul_base(&k).compress().to_bytes();
+    if big_a[31] & 0x80 == 0 {
+        return (k, big_a, *private.as_bytes());
     }
-    (a, big_a)
+    let a = -k;
+    (a, EdwardsPoint::mul_base(&a).compress().to_bytes(), a.to_bytes())
 }
 
 /// The Ed25519 form (sign bit 0) of a Curve25519 private key's public key.
@@ -35,10 +36,9 @@ pub fn ed25519_public(private: &PrivateKey) -> [u8; 32] {
 
 /// Signs `message` with XEdDSA. `random` is 64 fresh random bytes (the spec's Z).
 pub fn sign(private: &PrivateKey, message: &[u8], random: &[u8; 64]) -> [u8; SIGNATURE_LEN] {
-    let (mut a, big_a) = edwards_key(private);
+    let (mut a, big_a, mut a_bytes) = edwards_key(private);
     let mut prefix = [0xFFu8; 32];
     prefix[0] = 0xFE;
-    let mut a_bytes = a.to_bytes();
     let mut r = Scalar::from_hash(
         Sha512::new().chain_update(prefix).chain_update(a_bytes).chain_update(message).chain_update(random),
     );

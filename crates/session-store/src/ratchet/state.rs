@@ -8,7 +8,7 @@ use std::{collections::VecDeque, fmt};
 use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use rand_core::CryptoRngCore;
 
-use super::keys::{hmac_sha256, ChainKey, MessageKeySeed, RootKey};
+use super::keys::{hmac_sha256, ChainKey, MessageKeySeed, MessageKeys, RootKey};
 use crate::{
     error::SessionError,
     keys::{ct_eq, KeyPair, PublicKey},
@@ -31,6 +31,41 @@ pub const MAX_ARCHIVED_STATES: usize = 5;
 
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
+
+/// Builds a SignalMessage: `0x33 ‖ proto ‖ HMAC(mac_key, sender_ik ‖ receiver_ik ‖ 0x33 ‖ proto)[..8]`, the
+/// ciphertext being AES-256-CBC/PKCS#7 under the message keys.
+pub(crate) fn seal_0_3(
+    keys: &MessageKeys,
+    ratchet: &PublicKey,
+    previous_counter: u32,
+    sender_identity: &PublicKey,
+    receiver_identity: &PublicKey,
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let ciphertext =
+        Aes256CbcEnc::new(&keys.cipher_key.into(), &keys.iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plaintext);
+    let mut msg = SignalMessage::encode_unauthenticated(ratchet, keys.counter, previous_counter, &ciphertext);
+    let mac = hmac_sha256(&keys.mac_key, &[&sender_identity.serialize(), &receiver_identity.serialize(), &msg]);
+    msg.extend_from_slice(&mac[..MAC_LEN]);
+    msg
+}
+
+/// Checks a SignalMessage's MAC (constant time) and decrypts its ciphertext.
+pub(crate) fn open_0_3(
+    keys: &MessageKeys,
+    sender_identity: &PublicKey,
+    receiver_identity: &PublicKey,
+    msg: &SignalMessage,
+) -> Result<Vec<u8>, SessionError> {
+    let mac =
+        hmac_sha256(&keys.mac_key, &[&sender_identity.serialize(), &receiver_identity.serialize(), &msg.authenticated]);
+    if !ct_eq(&mac[..MAC_LEN], &msg.mac) {
+        return Err(SessionError::BadMac);
+    }
+    Aes256CbcDec::new(&keys.cipher_key.into(), &keys.iv.into())
+        .decrypt_padded_vec_mut::<Pkcs7>(&msg.ciphertext)
+        .map_err(|_| SessionError::BadCiphertext)
+}
 
 /// A receiving chain: the peer's ratchet key and our chain key for it.
 #[derive(Clone)]
@@ -137,19 +172,16 @@ fn key_on_chain(
 impl SessionState {
     /// Encrypts `plaintext` (the key material) as an OMEMO 0.3 key element. Advances the sending chain.
     pub(crate) fn encrypt_0_3(&mut self, our_identity: &PublicKey, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
-        let ns = Namespace::Oldmemo;
-        let keys = self.sender_chain.message_key_seed().expand(ns);
+        let keys = self.sender_chain.message_key_seed().expand(Namespace::Oldmemo);
         let next = self.sender_chain.next().ok_or(SessionError::Internal("sending chain exhausted"))?;
-        let ciphertext =
-            Aes256CbcEnc::new(&keys.cipher_key.into(), &keys.iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plaintext);
-        let mut msg = SignalMessage::encode_unauthenticated(
+        let msg = seal_0_3(
+            &keys,
             &self.sender_ratchet.public,
-            self.sender_chain.index(),
             self.previous_counter,
-            &ciphertext,
+            our_identity,
+            &self.remote_identity,
+            plaintext,
         );
-        let mac = hmac_sha256(&keys.mac_key, &[&our_identity.serialize(), &self.remote_identity.serialize(), &msg]);
-        msg.extend_from_slice(&mac[..MAC_LEN]);
         self.sender_chain = next;
         Ok(match &self.pending {
             Some(p) => PreKeySignalMessage {
@@ -206,16 +238,7 @@ impl SessionState {
         rng: &mut impl CryptoRngCore,
     ) -> Result<Vec<u8>, SessionError> {
         let keys = self.message_key(msg, rng)?.expand(Namespace::Oldmemo);
-        let mac = hmac_sha256(
-            &keys.mac_key,
-            &[&self.remote_identity.serialize(), &our_identity.serialize(), &msg.authenticated],
-        );
-        if !ct_eq(&mac[..MAC_LEN], &msg.mac) {
-            return Err(SessionError::BadMac);
-        }
-        let plaintext = Aes256CbcDec::new(&keys.cipher_key.into(), &keys.iv.into())
-            .decrypt_padded_vec_mut::<Pkcs7>(&msg.ciphertext)
-            .map_err(|_| SessionError::BadCiphertext)?;
+        let plaintext = open_0_3(&keys, &self.remote_identity, our_identity, msg)?;
         // The peer answered on this session: it has it, no more key exchanges needed.
         self.pending = None;
         Ok(plaintext)
