@@ -8,6 +8,7 @@
 pub mod decrypt;
 pub mod encrypt;
 pub mod error;
+pub mod fuzzing;
 pub mod payload;
 pub mod xml;
 

@@ -40,6 +40,7 @@
 pub mod account;
 pub mod changes;
 pub mod error;
+pub mod fuzzing;
 pub mod keys;
 mod memory;
 pub mod namespace;
