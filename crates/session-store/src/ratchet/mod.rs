@@ -3,5 +3,7 @@
 pub mod keys;
 mod state;
 
-pub(crate) use state::{open_0_3, seal_0_3, PendingKeyExchange, ReceiverChain, SessionState};
+#[cfg(test)]
+pub(crate) use state::{open_0_3, seal_0_3};
+pub(crate) use state::{PendingKeyExchange, ReceiverChain, SessionState};
 pub use state::{SessionRecord, MAX_ARCHIVED_STATES, MAX_MESSAGE_GAP, MAX_SKIPPED_KEYS};
