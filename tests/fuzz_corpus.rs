@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::panic)]
 //! Replays the committed fuzz seed corpora (`fuzz/corpus/<target>/`) through the fuzz targets' entry
 //! points on stable Rust, so that every seed (and every crash turned into a seed) stays covered.
 
