@@ -356,3 +356,26 @@ mod sqlite_store {
         let _ = std::fs::remove_file(&dir);
     }
 }
+
+/// `Debug` of every type that holds secrets shows no key bytes (neither as a byte list nor as hex).
+#[test]
+fn debug_output_has_no_secret_bytes() {
+    let mut p = Pair::new(MemoryStore::default, 30);
+    p.start();
+    let k = p.a_to_b(b"x");
+    let out = p.b_reads(&k.data).unwrap();
+    let acc = p.a.account().unwrap().unwrap();
+    let spk = p.a.signed_pre_keys().unwrap().remove(0);
+    let pk = p.a.pre_keys().unwrap().remove(0);
+    let rec = p.a.session(&Pair::<MemoryStore>::addr_of(&p.b)).unwrap().unwrap();
+    let secrets: Vec<[u8; 32]> =
+        vec![*acc.identity.private.as_bytes(), *spk.key_pair.private.as_bytes(), *pk.key_pair.private.as_bytes()];
+    let debug = format!("{acc:?} {spk:?} {pk:?} {rec:?} {out:?} {:?} {:?}", p.a, acc.identity);
+    for s in &secrets {
+        let hex: String = s.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!debug.contains(&hex[..16]), "hex of a secret in {debug}");
+        let list = format!("{:?}", &s[..4]);
+        assert!(!debug.contains(&list[1..list.len() - 1]), "bytes of a secret in {debug}");
+    }
+    assert!(!debug.contains(&format!("{:?}", &out.plaintext[..])));
+}

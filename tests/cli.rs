@@ -1,0 +1,93 @@
+//! The command-line tool's error paths: clear messages and exit codes, never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn tool(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_omemo-muc"));
+    c.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned());
+    assert!(!err.contains("panicked"), "panic: {err}");
+    (o.status.code().unwrap_or(-1), out, err)
+}
+
+#[test]
+fn usage_errors_exit_1_with_a_message() {
+    let s = Scratch::new("cli-usage");
+    let db = s.dir.join("x.sqlite3");
+    let db = db.to_str().unwrap();
+    assert_eq!(tool(&[], None).0, 1);
+    assert_eq!(tool(&["--store", db, "--jid", "a@b", "frobnicate"], None).0, 1);
+    assert_eq!(tool(&["--store", db, "--jid", "not a jid", "init"], None).0, 1);
+    assert_eq!(tool(&["--store", db, "--jid", "a@b"], None).0, 1);
+    let (code, _, err) = tool(&["--store", db, "--jid", "a@b", "fingerprint"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("init"), "{err}");
+    let (code, _, err) = tool(&["--store", "/nonexistent/dir/x.db", "--jid", "a@b", "init"], None);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(tool(&["--store", db, "--jid", "a@b", "init"], None).0, 0);
+    let (code, _, err) = tool(&["--store", db, "--jid", "c@d", "init"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("belongs to a@b"), "{err}");
+    assert_eq!(
+        tool(&["--store", db, "--jid", "a@b", "trust", "--peer", "x@y", "--device", "7", "--level", "maybe"], None).0,
+        1
+    );
+    let (code, out, _) =
+        tool(&["--store", db, "--jid", "a@b", "trust", "--peer", "x@y", "--device", "7", "--level", "verified"], None);
+    assert_eq!(code, 2);
+    assert!(out.contains("unknown-device"), "{out}");
+}
+
+#[test]
+fn refused_input_exits_2_with_json() {
+    let s = Scratch::new("cli-refused");
+    let a = Ours::new(&s, "alice@example.org", "alice");
+    let b = Ours::new(&s, "bob@example.org", "bob");
+    for bad in [
+        "",
+        "<message",
+        "<message xmlns='jabber:client' from='bob@example.org'><body>plain</body></message>",
+        "<message xmlns='jabber:client'><encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='1'/></encrypted></message>",
+        "<message xmlns='jabber:client'><encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='1'><key rid='1'>!!!</key><iv>AAAA</iv></header></encrypted></message>",
+    ] {
+        let err = a.decrypt(bad, "bob@example.org").unwrap_err();
+        assert!(err["error"].is_string() && err["detail"].is_string(), "{err}");
+    }
+    // A stanza for another device, and a key element that is garbage for us.
+    let m = b.encrypt(&["alice@example.org"], "hi");
+    let other = Ours::new(&s, "carol@example.org", "carol");
+    assert_eq!(other.decrypt(&m, "bob@example.org").unwrap_err()["error"], "not-for-this-device");
+    let rid = a.device_id();
+    let garbage = format!(
+        "<message xmlns='jabber:client'><encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='5'><key rid='{rid}' prekey='1'>MwgB</key><iv>AAAAAAAAAAAAAAAA</iv></header><payload>AAAA</payload></encrypted></message>"
+    );
+    assert_eq!(a.decrypt(&garbage, "bob@example.org").unwrap_err()["error"], "malformed");
+    // A groupchat stanza needs the sender's real JID.
+    let (code, _, err) = tool(
+        &[
+            "--store",
+            a.store.to_str().unwrap(),
+            "--jid",
+            "alice@example.org",
+            "decrypt",
+            "--pep",
+            s.pep().to_str().unwrap(),
+        ],
+        Some(&m.replace("type='chat'", "type='groupchat'")),
+    );
+    assert_eq!(code, 1, "{err}");
+    // After all that, the real message still decrypts: refused input changed nothing.
+    assert_eq!(a.decrypt(&m, "bob@example.org").unwrap()["plaintext"], "hi");
+}
