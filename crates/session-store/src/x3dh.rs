@@ -17,7 +17,7 @@ use crate::{
     keys::{KeyPair, PublicKey},
     namespace::Namespace,
     ratchet::{
-        keys::{hkdf, ChainKey, RootKey},
+        keys::{root_and_chain, ChainKey, RootKey},
         PendingKeyExchange, SessionState,
     },
     xeddsa,
@@ -49,21 +49,15 @@ impl PreKeyBundle {
     }
 }
 
-fn derive(ns: Namespace, dhs: &[&[u8; 32]]) -> Result<(RootKey, ChainKey), SessionError> {
+fn derive(ns: Namespace, dhs: &[&[u8; 32]]) -> (RootKey, ChainKey) {
     let mut secret = Vec::with_capacity(32 * (dhs.len() + 1));
     secret.extend_from_slice(&[0xFF; 32]);
     for dh in dhs {
         secret.extend_from_slice(*dh);
     }
-    let mut okm = [0u8; 64];
-    hkdf(None, &secret, ns.x3dh_info(), &mut okm).map_err(SessionError::Internal)?;
+    let keys = root_and_chain(None, &secret, ns.x3dh_info());
     secret.zeroize();
-    let mut root = [0u8; 32];
-    let mut chain = [0u8; 32];
-    root.copy_from_slice(&okm[..32]);
-    chain.copy_from_slice(&okm[32..]);
-    okm.zeroize();
-    Ok((RootKey(root), ChainKey { key: chain, index: 0 }))
+    keys
 }
 
 /// Initiator: verifies the bundle, picks one of its pre-keys at random and builds a session whose
@@ -85,7 +79,7 @@ pub(crate) fn initiate_0_3(
     let dh2 = base.private.agree(&bundle.identity_key)?;
     let dh3 = base.private.agree(&bundle.signed_pre_key)?;
     let dh4 = base.private.agree(&pre_key)?;
-    let (root, _responder_chain) = derive(ns, &[dh1.as_bytes(), dh2.as_bytes(), dh3.as_bytes(), dh4.as_bytes()])?;
+    let (root, _responder_chain) = derive(ns, &[dh1.as_bytes(), dh2.as_bytes(), dh3.as_bytes(), dh4.as_bytes()]);
     let ratchet = KeyPair::generate(rng);
     let (root, sending) = root.create_chain(ns, &bundle.signed_pre_key, &ratchet.private)?;
     Ok(SessionState {
@@ -116,7 +110,7 @@ pub(crate) fn respond_0_3(
     let dh2 = our_identity.private.agree(base_key)?;
     let dh3 = signed_pre_key.private.agree(base_key)?;
     let dh4 = pre_key.private.agree(base_key)?;
-    let (root, chain) = derive(ns, &[dh1.as_bytes(), dh2.as_bytes(), dh3.as_bytes(), dh4.as_bytes()])?;
+    let (root, chain) = derive(ns, &[dh1.as_bytes(), dh2.as_bytes(), dh3.as_bytes(), dh4.as_bytes()]);
     Ok(SessionState {
         remote_identity: *their_identity,
         initiator: false,

@@ -50,16 +50,22 @@ impl RootKey {
         our: &PrivateKey,
     ) -> Result<(RootKey, ChainKey), KeyError> {
         let shared = our.agree(their)?;
-        let mut okm = [0u8; 64];
-        // 64 bytes is far below HKDF's limit.
-        let _ = hkdf(Some(&self.0), shared.as_bytes(), ns.root_info(), &mut okm);
-        let mut root = [0u8; 32];
-        let mut chain = [0u8; 32];
-        root.copy_from_slice(&okm[..32]);
-        chain.copy_from_slice(&okm[32..]);
-        okm.zeroize();
-        Ok((RootKey(root), ChainKey { key: chain, index: 0 }))
+        Ok(root_and_chain(Some(&self.0), shared.as_bytes(), ns.root_info()))
     }
+}
+
+/// `HKDF(salt, ikm, info)` → 64 bytes, split into a root key and a fresh chain key. Used by the X3DH
+/// output and by every DH ratchet step.
+pub(crate) fn root_and_chain(salt: Option<&[u8]>, ikm: &[u8], info: &[u8]) -> (RootKey, ChainKey) {
+    let mut okm = [0u8; 64];
+    // 64 bytes is far below HKDF's limit (255 × 32), so this cannot fail.
+    let _ = hkdf(salt, ikm, info, &mut okm);
+    let mut root = [0u8; 32];
+    let mut chain = [0u8; 32];
+    root.copy_from_slice(&okm[..32]);
+    chain.copy_from_slice(&okm[32..]);
+    okm.zeroize();
+    (RootKey(root), ChainKey { key: chain, index: 0 })
 }
 
 impl fmt::Debug for RootKey {
