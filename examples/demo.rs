@@ -1,9 +1,11 @@
-//! Demo: three OMEMO 0.3 devices talk through the library, in SQLite stores, with a PEP directory in a
-//! temporary folder standing in for the server. Alice has two devices; Bob has one.
+//! Demo: three devices talk through the library, in SQLite stores, with a PEP directory in a temporary
+//! folder standing in for the server. Alice's phone speaks both OMEMO namespaces, her laptop only OMEMO
+//! 0.3 (like Conversations or Dino), Bob's client only OMEMO 2 (like Kaidan): one stanza carries both
+//! `<encrypted>` elements, and every device reads the one meant for it.
 //!
 //! Run: `cargo run --example demo`
 
-use omemo_muc::{cli::Context, pep_dir::PepDir};
+use omemo_muc::{cli::Context, fan_out_encryptor::NamespaceChoice, pep_dir::PepDir, session_store::NamespaceSet};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("omemo-muc-demo-{}", std::process::id()));
@@ -14,27 +16,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut alice_phone = Context::open(&store("alice-phone"), "alice@example.org")?;
     let mut alice_laptop = Context::open(&store("alice-laptop"), "alice@example.org")?;
     let mut bob = Context::open(&store("bob"), "bob@example.org")?;
-    for (name, dev) in [("alice (phone)", &mut alice_phone), ("alice (laptop)", &mut alice_laptop), ("bob", &mut bob)] {
-        let id = dev.init()?;
+    for (name, dev, ns) in [
+        ("alice (phone)", &mut alice_phone, NamespaceSet::BOTH),
+        ("alice (laptop)", &mut alice_laptop, NamespaceSet::OLDMEMO),
+        ("bob", &mut bob, NamespaceSet::TWOMEMO),
+    ] {
+        let id = dev.init(ns)?;
         dev.publish(&pep)?;
-        println!("{name:15} device {} fingerprint {}", id["device_id"], id["fingerprint"]);
+        println!("{name:15} device {} speaks {} fingerprint {}", id["device_id"], id["namespaces"], id["fingerprint"]);
     }
 
     println!("\n-- alice (phone) writes to bob; her laptop gets a copy --");
-    let (stanza, coverage) =
-        alice_phone.encrypt(&pep, &["bob@example.org".into()], None, None, "Hi Bob! This is end-to-end encrypted.")?;
+    let (stanza, coverage) = alice_phone.encrypt(
+        &pep,
+        &["bob@example.org".into()],
+        None,
+        None,
+        "Hi Bob! This is end-to-end encrypted.",
+        NamespaceChoice::Auto,
+    )?;
     println!("stanza:   {stanza}");
     println!("coverage: {coverage}");
     for (name, dev) in [("bob", &mut bob), ("alice (laptop)", &mut alice_laptop)] {
         let out = dev.decrypt(&pep, &stanza, Some("alice@example.org"))?;
-        println!("{name:15} reads {} (key exchange: {})", out["plaintext"], out["kex"]);
+        println!("{name:15} reads {} ({}, key exchange: {})", out["plaintext"], out["namespace"], out["kex"]);
     }
 
-    println!("\n-- bob answers, to both of alice's devices --");
-    let (stanza, _) = bob.encrypt(&pep, &["alice@example.org".into()], None, None, "Hello Alice, got it.")?;
-    for (name, dev) in [("alice (phone)", &mut alice_phone), ("alice (laptop)", &mut alice_laptop)] {
-        let out = dev.decrypt(&pep, &stanza, Some("bob@example.org"))?;
-        println!("{name:15} reads {} (key exchange: {})", out["plaintext"], out["kex"]);
+    println!("\n-- bob answers in OMEMO 2: only alice's phone can read it --");
+    let (stanza, coverage) =
+        bob.encrypt(&pep, &["alice@example.org".into()], None, None, "Hello Alice, got it.", NamespaceChoice::Auto)?;
+    println!("coverage: {coverage}");
+    let out = alice_phone.decrypt(&pep, &stanza, Some("bob@example.org"))?;
+    println!("alice (phone)   reads {} ({}, key exchange: {})", out["plaintext"], out["namespace"], out["kex"]);
+    match alice_laptop.decrypt(&pep, &stanza, Some("bob@example.org")) {
+        Ok(_) => println!("alice (laptop)  read it (unexpected)"),
+        Err(e) => println!("alice (laptop)  cannot: {e}"),
     }
 
     println!("\n-- a replayed stanza is refused --");

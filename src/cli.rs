@@ -8,15 +8,15 @@ use fan_out_encryptor::{
     xml::{
         find_descendant, parse_element,
         stanza::{self, MessageHeaders},
-        v0_3,
+        v0_3, v2,
     },
-    Coverage, DecryptError, EncryptError, SkipReason,
+    Context as DecryptContext, Coverage, DecryptError, EncryptError, NamespaceChoice, Outgoing, SkipReason,
 };
 use rand_core::{CryptoRngCore, OsRng};
 use serde_json::{json, Value};
 use session_store::{
-    account, session, Account, AccountStore, Changes, DeviceListStore, IdentityStore, Namespace, SessionAddress,
-    SessionError, SessionStore, SqliteStore, Store, StoreError, TrustLevel,
+    account, session, Account, AccountStore, Changes, DeviceListStore, IdentityStore, Namespace, NamespaceSet,
+    SessionAddress, SessionError, SessionStore, SqliteStore, Store, StoreError, TrustLevel,
 };
 
 use crate::pep_dir::{PepDir, PepError};
@@ -94,15 +94,28 @@ impl Context {
         self.store.account()?.ok_or_else(|| CliError::usage("no device in this store yet: run `init` first"))
     }
 
-    /// `init`: creates the device if the store is new.
-    pub fn init(&mut self) -> Result<Value, CliError> {
+    /// `init`: creates the device (speaking `namespaces`) if the store is new. An existing device keeps
+    /// its namespaces: changing them is refused rather than done silently.
+    pub fn init(&mut self, namespaces: NamespaceSet) -> Result<Value, CliError> {
         let created = self.store.account()?.is_none();
         if created {
-            let changes = Account::create(&self.jid, &[], now(), &mut OsRng);
+            let changes = Account::create(&self.jid, namespaces, &[], now(), &mut OsRng);
             self.store.apply(&changes)?;
         }
         let acc = self.account()?;
-        Ok(json!({"jid": acc.jid, "device_id": acc.device_id, "fingerprint": acc.fingerprint(), "created": created}))
+        if acc.namespaces != namespaces {
+            return Err(CliError::usage(format!(
+                "this device speaks {}; its namespaces cannot be changed",
+                ns_names(acc.namespaces).join(" and ")
+            )));
+        }
+        Ok(json!({
+            "jid": acc.jid,
+            "device_id": acc.device_id,
+            "fingerprint": acc.fingerprint(),
+            "created": created,
+            "namespaces": ns_names(acc.namespaces),
+        }))
     }
 
     /// `fingerprint`.
@@ -112,33 +125,41 @@ impl Context {
             "device_id": acc.device_id,
             "fingerprint": acc.fingerprint(),
             "identity_key_curve25519_hex": hex(acc.identity.public.as_bytes()),
+            "identity_key_ed25519_b64": base64_std(&acc.identity_key_ed25519()),
+            "oldmemo_identity_key_b64": base64_std(&acc.identity.public.serialize()),
+            "namespaces": ns_names(acc.namespaces),
         }))
     }
 
-    /// `publish`: our entry merged into the device list, and our bundle (after topping up pre-keys and
-    /// rotating the signed pre-key when due).
+    /// `publish`: for each namespace we speak, our entry merged into the device list, and our bundle
+    /// (after topping up pre-keys and rotating the signed pre-key when due).
     pub fn publish(&mut self, pep: &PepDir) -> Result<Value, CliError> {
         let maint = account::maintain_keys(&self.store, now(), &mut OsRng)?;
         if !maint.is_empty() {
             self.store.apply(&maint)?;
         }
         let acc = self.account()?;
-        let mut list = pep.device_list(&acc.jid)?;
-        if !list.contains(&acc.device_id) {
-            list.push(acc.device_id);
-            pep.set_device_list(&acc.jid, &list)?;
+        let mut out = serde_json::Map::new();
+        for ns in acc.namespaces.iter() {
+            let mut list = pep.device_list(&acc.jid, ns)?;
+            if !list.contains(&acc.device_id) {
+                list.push(acc.device_id);
+                pep.set_device_list(&acc.jid, ns, &list)?;
+            }
+            let bundle = account::own_bundle_for(&self.store, ns)?;
+            pep.set_bundle(&acc.jid, ns, acc.device_id, &bundle)?;
+            out.insert(ns.short_name().into(), json!({"devices": list, "pre_keys": bundle.pre_keys.len()}));
         }
-        let bundle = account::own_bundle(&self.store)?;
-        pep.set_bundle(&acc.jid, acc.device_id, &bundle)?;
-        Ok(json!({"jid": acc.jid, "device_id": acc.device_id, "devices": list, "pre_keys": bundle.pre_keys.len()}))
+        Ok(json!({"jid": acc.jid, "device_id": acc.device_id, "published": out}))
     }
 
-    /// Reads the device lists of `jids` from PEP into the store, then builds the missing sessions from
-    /// the bundles there. Returns the change set (not yet applied) and per-device failures.
+    /// Reads the device lists of `jids` (and ours) from PEP into the store, then builds the missing
+    /// sessions from the bundles there. Returns the change set (not yet applied) and per-device failures.
     fn prepare_sessions(
         &mut self,
         pep: &PepDir,
         jids: &[String],
+        choice: NamespaceChoice,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(Changes, Vec<(SessionAddress, String)>), CliError> {
         let acc = self.account()?;
@@ -146,16 +167,18 @@ impl Context {
         let mut all = jids.to_vec();
         all.push(acc.jid.clone());
         for jid in &all {
-            let devices = pep.device_list(jid)?;
-            if !devices.is_empty() || self.store.device_list(Namespace::Oldmemo, jid)?.is_some() {
-                lists.device_lists.push((Namespace::Oldmemo, jid.clone(), devices));
+            for ns in [Namespace::Oldmemo, Namespace::Twomemo] {
+                let devices = pep.device_list(jid, ns)?;
+                if !devices.is_empty() || self.store.device_list(ns, jid)?.is_some() {
+                    lists.device_lists.push((ns, jid.clone(), devices));
+                }
             }
         }
         self.store.apply(&lists)?;
         let mut changes = Changes::default();
         let mut failures = Vec::new();
-        for addr in fan_out_encryptor::missing_sessions_0_3(&self.store, jids)? {
-            let bundle = match pep.bundle(&addr.jid, addr.device) {
+        for addr in fan_out_encryptor::missing_sessions(&self.store, jids, choice)? {
+            let bundle = match pep.bundle(&addr.jid, addr.namespace, addr.device) {
                 Ok(b) => b,
                 Err(e @ (PepError::BundleNotFound { .. } | PepError::Invalid { .. })) => {
                     failures.push((addr, e.to_string()));
@@ -170,7 +193,8 @@ impl Context {
         Ok((changes, failures))
     }
 
-    /// `encrypt`: prints the `<message>` stanza; sessions missing are built from the PEP directory.
+    /// `encrypt`: prints the `<message>` stanza (one `<encrypted>` per namespace in use); sessions missing
+    /// are built from the PEP directory.
     pub fn encrypt(
         &mut self,
         pep: &PepDir,
@@ -178,49 +202,53 @@ impl Context {
         room: Option<&str>,
         id: Option<&str>,
         plaintext: &str,
+        choice: NamespaceChoice,
     ) -> Result<(String, Value), CliError> {
         let mut rng = OsRng;
-        let (changes, failures) = self.prepare_sessions(pep, to, &mut rng)?;
-        let msg = fan_out_encryptor::encrypt_0_3(&self.store, to, Some(plaintext.as_bytes()), changes, &mut rng)?;
+        let (changes, failures) = self.prepare_sessions(pep, to, choice, &mut rng)?;
+        let single = (to.len() == 1).then(|| to[0].as_str());
+        let out = Outgoing { body: Some(plaintext), sce_to: room.or(single), sce_time: None };
+        let msg = fan_out_encryptor::encrypt_message(&self.store, to, &out, choice, changes, &mut rng)?;
         // Persist every advanced session before the stanza is handed out.
         self.store.apply(&msg.changes)?;
         let id = id.map(str::to_owned).unwrap_or_else(|| random_id(&mut rng));
         let headers = MessageHeaders {
-            to: room.map(str::to_owned).or_else(|| (to.len() == 1).then(|| to[0].clone())),
+            to: room.or(single).map(str::to_owned),
             groupchat: room.is_some(),
             id,
-            eme_namespace: v0_3::NS,
+            eme_namespace: msg.eme_namespace(),
             fallback_body: true,
         };
-        let stanza = stanza::build_message(&headers, vec![v0_3::encrypted(msg.encrypted)]);
+        let stanza = stanza::build_message(&headers, msg.elements());
         Ok((String::from(&stanza), coverage_json(&msg.coverage, &failures)))
     }
 
-    /// `decrypt`: a stanza (or several, one per line) on input.
+    /// `decrypt`: a stanza (or several, one per line) on input; the first one holding an OMEMO element
+    /// for this device is decrypted.
     pub fn decrypt(&mut self, pep: &PepDir, input: &str, sender: Option<&str>) -> Result<Value, CliError> {
         let acc = self.account()?;
         let stanzas = parse_stanzas(input)?;
-        // The first OMEMO 0.3 element with a key for this device is ours.
-        let mut chosen = None;
-        for st in &stanzas {
-            if let Some(enc) = find_descendant(st, "encrypted", v0_3::NS) {
-                let parsed = v0_3::parse_encrypted(enc).map_err(|e| CliError::refused("malformed", e))?;
-                let for_us = parsed.header.keys.iter().any(|k| k.rid == acc.device_id);
-                if chosen.is_none() || for_us {
-                    chosen = Some((st, parsed, for_us));
-                }
-                if for_us {
-                    break;
-                }
-            }
-        }
-        let Some((stanza_el, encrypted, _)) = chosen else {
+        let is_omemo = |e: &minidom::Element| e.is("encrypted", v0_3::NS) || e.is("encrypted", v2::NS);
+        let messages: Vec<&minidom::Element> = stanzas
+            .iter()
+            .filter_map(|st| find_descendant(st, "message", "jabber:client"))
+            .filter(|m| m.children().any(is_omemo))
+            .collect();
+        let for_us = |m: &minidom::Element| {
+            m.children().any(|e| {
+                (e.is("encrypted", v0_3::NS)
+                    && v0_3::parse_encrypted(e).is_ok_and(|x| x.header.keys.iter().any(|k| k.rid == acc.device_id)))
+                    || (e.is("encrypted", v2::NS)
+                        && v2::parse_encrypted(e).is_ok_and(|x| x.key_for(&acc.jid, acc.device_id).is_some()))
+            })
+        };
+        let Some(message) = messages.iter().find(|m| for_us(m)).or(messages.first()).copied() else {
             return Err(CliError::refused("not-encrypted", DecryptError::NotEncrypted));
         };
-        let message = find_descendant(stanza_el, "message", "jabber:client").unwrap_or(stanza_el);
+        let group = message.attr("type") == Some("groupchat");
         let sender_jid = match sender {
             Some(s) => s.to_owned(),
-            None if message.attr("type") == Some("groupchat") => {
+            None if group => {
                 return Err(CliError::usage("a groupchat message needs --sender (the sender's real bare JID)"))
             }
             None => message
@@ -228,7 +256,17 @@ impl Context {
                 .map(|f| stanza::bare(f).to_owned())
                 .ok_or_else(|| CliError::usage("the stanza has no from; give --sender"))?,
         };
-        let (out, changes) = fan_out_encryptor::decrypt_0_3(&self.store, &encrypted, &sender_jid, &mut OsRng)
+        // An SCE <to> must name the room (group), us (1:1), or, on a copy of a message our own account
+        // sent (another device of ours, or a carbon), the peer that message was addressed to.
+        let expected_to = if group {
+            message.attr("from").or(message.attr("to")).map(stanza::bare).unwrap_or_default().to_owned()
+        } else if sender_jid == acc.jid {
+            message.attr("to").map(stanza::bare).unwrap_or(&acc.jid).to_owned()
+        } else {
+            acc.jid.clone()
+        };
+        let ctx = DecryptContext { sender: &sender_jid, expected_to: &expected_to, group };
+        let (out, changes) = fan_out_encryptor::decrypt_stanza(&self.store, message, &ctx, &mut OsRng)
             .map_err(|e| CliError::refused(decrypt_kind(&e), e))?;
         self.store.apply(&changes)?;
         let mut republished = false;
@@ -240,6 +278,14 @@ impl Context {
             Some(p) => (Some(String::from_utf8_lossy(p).into_owned()), Some(base64_std(p))),
             None => (None, None),
         };
+        let sce = out.envelope.as_ref().map(|e| {
+            json!({
+                "from": e.from.as_ref().map(|f| f.jid.clone()),
+                "to": e.to.as_ref().map(|t| t.jid.clone()),
+                "time": e.time.as_ref().map(|t| t.stamp.clone()),
+                "rpad_len": e.rpad.as_ref().map(|r| r.pad.len()),
+            })
+        });
         Ok(json!({
             "plaintext": plaintext,
             "plaintext_b64": b64,
@@ -248,6 +294,7 @@ impl Context {
             "sender_device_id": out.sender_device,
             "namespace": out.namespace.xmlns(),
             "kex": out.kex,
+            "sce": sce,
             "sender_trust": out.identity.trust.name(),
             "sender_fingerprint": out.identity.key.fingerprint(),
             "identity_changed": out.identity.changed_from.is_some(),
@@ -260,17 +307,20 @@ impl Context {
     pub fn devices(&self, peer: Option<&str>) -> Result<Value, CliError> {
         let acc = self.account()?;
         let jid = peer.unwrap_or(&acc.jid);
-        let mut ids = self.store.device_list(Namespace::Oldmemo, jid)?.unwrap_or_default();
-        for d in self.store.session_devices(Namespace::Oldmemo, jid)? {
-            if !ids.contains(&d) {
-                ids.push(d);
+        let mut ids: Vec<(Namespace, u32)> = Vec::new();
+        for ns in [Namespace::Twomemo, Namespace::Oldmemo] {
+            let listed = self.store.device_list(ns, jid)?.unwrap_or_default();
+            for d in listed.into_iter().chain(self.store.session_devices(ns, jid)?) {
+                if !ids.contains(&(ns, d)) {
+                    ids.push((ns, d));
+                }
             }
         }
-        ids.sort_unstable();
+        ids.sort_unstable_by_key(|(ns, d)| (*d, ns.code()));
         let mut out = Vec::new();
-        for d in ids {
+        for (ns, d) in ids {
             let own = jid == acc.jid && d == acc.device_id;
-            let record = self.store.session(&SessionAddress::new(Namespace::Oldmemo, jid, d))?;
+            let record = self.store.session(&SessionAddress::new(ns, jid, d))?;
             let key = if own { Some(acc.identity.public) } else { self.store.identity(jid, d)? };
             let trust = match &key {
                 Some(k) if !own => self.store.trust(jid, k)?.map(|t| t.name()),
@@ -279,6 +329,7 @@ impl Context {
             out.push(json!({
                 "jid": jid,
                 "device_id": d,
+                "namespace": ns.short_name(),
                 "own": own,
                 "fingerprint": key.map(|k| k.fingerprint()),
                 "trust": trust,
@@ -316,20 +367,20 @@ fn decrypt_kind(e: &DecryptError) -> &'static str {
         DecryptError::Session(SessionError::Malformed(_)) => "malformed",
         DecryptError::Session(_) => "session",
         DecryptError::BadPayload => "bad-payload",
+        DecryptError::Affix(_) => "sce-affix",
         _ => "decrypt",
     }
 }
 
 fn coverage_json(c: &Coverage, failures: &[(SessionAddress, String)]) -> Value {
     let reason = |r: &SkipReason| match r {
-        SkipReason::NoDeviceList => "no device list".to_owned(),
         SkipReason::NoSession => "no session".to_owned(),
         SkipReason::Untrusted => "untrusted".to_owned(),
         SkipReason::SessionFailed(e) => e.clone(),
         _ => "other".to_owned(),
     };
     json!({
-        "keyed": c.keyed.iter().map(|(a, kex)| json!({"jid": a.jid, "device_id": a.device, "kex": kex})).collect::<Vec<_>>(),
+        "keyed": c.keyed.iter().map(|(a, kex)| json!({"jid": a.jid, "device_id": a.device, "namespace": a.namespace.short_name(), "kex": kex})).collect::<Vec<_>>(),
         "skipped": c.skipped.iter().map(|(a, r)| {
             let why = failures.iter().find(|(f, _)| f == a).map(|(_, e)| e.clone()).unwrap_or_else(|| reason(r));
             json!({"jid": a.jid, "device_id": a.device, "reason": why})
@@ -351,6 +402,10 @@ fn parse_stanzas(input: &str) -> Result<Vec<minidom::Element>, CliError> {
         return Err(CliError::refused("malformed", "no stanza on input"));
     }
     Ok(out)
+}
+
+fn ns_names(set: NamespaceSet) -> Vec<&'static str> {
+    set.iter().map(Namespace::short_name).collect()
 }
 
 fn random_id(rng: &mut impl CryptoRngCore) -> String {

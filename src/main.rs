@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! omemo-muc --store FILE --jid BAREJID <command> [options]
-//!   init
+//!   init [--ns oldmemo|twomemo|both]
 //!   publish --pep DIR
-//!   encrypt --pep DIR --to JID[,JID...] [--room ROOMJID] [--id ID] [--plaintext TEXT]   (else stdin)
+//!   encrypt --pep DIR --to JID[,JID...] [--room ROOMJID] [--id ID] [--ns auto|oldmemo|twomemo] [--plaintext TEXT]
 //!   decrypt --pep DIR [--sender BAREJID]                                                  (stanza on stdin)
 //!   fingerprint
 //!   devices [--peer JID]
@@ -18,8 +18,9 @@ use std::{collections::HashMap, io::Read, process::ExitCode};
 
 use omemo_muc::{
     cli::{CliError, Context},
+    fan_out_encryptor::NamespaceChoice,
     pep_dir::PepDir,
-    session_store::TrustLevel,
+    session_store::{NamespaceSet, TrustLevel},
 };
 use serde_json::json;
 
@@ -111,7 +112,10 @@ fn run(args: &Args) -> Result<String, CliError> {
     let mut ctx = Context::open(args.need("--store")?, args.need("--jid")?)?;
     let pep = || args.need("--pep").map(PepDir::new);
     let out = match args.command.as_str() {
-        "init" => ctx.init()?,
+        "init" => {
+            let ns = args.one("--ns").unwrap_or("both");
+            ctx.init(NamespaceSet::parse(ns).ok_or_else(|| CliError::usage("--ns must be oldmemo, twomemo or both"))?)?
+        }
         "fingerprint" => ctx.fingerprint()?,
         "publish" => ctx.publish(&pep()?)?,
         "encrypt" => {
@@ -123,7 +127,9 @@ fn run(args: &Args) -> Result<String, CliError> {
                 Some(t) => t.to_owned(),
                 None => stdin_text()?,
             };
-            let (stanza, _coverage) = ctx.encrypt(&pep()?, &to, args.one("--room"), args.one("--id"), &text)?;
+            let choice = NamespaceChoice::parse(args.one("--ns").unwrap_or("auto"))
+                .ok_or_else(|| CliError::usage("--ns must be auto, oldmemo or twomemo"))?;
+            let (stanza, _coverage) = ctx.encrypt(&pep()?, &to, args.one("--room"), args.one("--id"), &text, choice)?;
             return Ok(stanza);
         }
         "decrypt" => ctx.decrypt(&pep()?, &stdin_text()?, args.one("--sender"))?,

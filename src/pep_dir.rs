@@ -3,6 +3,8 @@
 //! ```text
 //! DIR/<bare-jid>/oldmemo/devicelist.xml      the <list> of node eu.siacs.conversations.axolotl.devicelist
 //! DIR/<bare-jid>/oldmemo/bundle-<id>.xml     the <bundle> of node eu.siacs.conversations.axolotl.bundles:<id>
+//! DIR/<bare-jid>/twomemo/devicelist.xml      the <devices> of node urn:xmpp:omemo:2:devices
+//! DIR/<bare-jid>/twomemo/bundle-<id>.xml     the <bundle> item <id> of node urn:xmpp:omemo:2:bundles
 //! ```
 //! Each file holds one element on one line; on reading, the element is searched anywhere in the file so
 //! that a wrapping `<item>` is accepted too. A missing device list reads as empty.
@@ -12,8 +14,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use fan_out_encryptor::xml::{find_descendant, parse_element, v0_3};
-use session_store::{DeviceId, PreKeyBundle};
+use fan_out_encryptor::xml::{find_descendant, parse_element, v0_3, v2};
+use session_store::{DeviceId, Namespace, PreKeyBundle};
 
 /// A PEP directory could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +62,11 @@ impl PepDir {
         Self { root: root.into() }
     }
 
-    fn dir(&self, jid: &str) -> Result<PathBuf, PepError> {
+    fn dir(&self, jid: &str, ns: Namespace) -> Result<PathBuf, PepError> {
         if jid.is_empty() || jid.contains('/') || jid.contains('\\') || jid.starts_with('.') {
             return Err(PepError::BadJid(jid.to_owned()));
         }
-        Ok(self.root.join(jid).join("oldmemo"))
+        Ok(self.root.join(jid).join(ns.short_name()))
     }
 
     fn read(path: &Path) -> Result<Option<String>, PepError> {
@@ -86,39 +88,60 @@ impl PepDir {
         fs::rename(&tmp, path).map_err(io_err)
     }
 
-    /// The OMEMO 0.3 device list of `jid` (empty if none is published).
-    pub fn device_list(&self, jid: &str) -> Result<Vec<DeviceId>, PepError> {
-        let path = self.dir(jid)?.join("devicelist.xml");
-        let Some(text) = Self::read(&path)? else {
-            return Ok(Vec::new());
-        };
+    /// The device list of `jid` in `ns` (empty if none is published).
+    pub fn device_list(&self, jid: &str, ns: Namespace) -> Result<Vec<DeviceId>, PepError> {
+        let path = self.dir(jid, ns)?.join("devicelist.xml");
+        let Some(text) = Self::read(&path)? else { return Ok(Vec::new()) };
         let invalid = |detail: String| PepError::Invalid { path: path.clone(), detail };
         let root = parse_element(&text).map_err(|e| invalid(e.to_string()))?;
-        let list = find_descendant(&root, "list", v0_3::NS).ok_or_else(|| invalid("no <list>".into()))?;
-        v0_3::parse_device_list(list).map_err(|e| invalid(e.to_string()))
+        let parsed = match ns {
+            Namespace::Oldmemo => find_descendant(&root, "list", v0_3::NS).map(v0_3::parse_device_list),
+            _ => find_descendant(&root, "devices", v2::NS).map(v2::parse_device_list),
+        };
+        parsed.ok_or_else(|| invalid("no device list element".into()))?.map_err(|e| invalid(e.to_string()))
     }
 
-    /// Publishes `jid`'s device list.
-    pub fn set_device_list(&self, jid: &str, devices: &[DeviceId]) -> Result<(), PepError> {
-        let path = self.dir(jid)?.join("devicelist.xml");
-        Self::write(&path, &String::from(&v0_3::device_list(devices)))
+    /// Publishes `jid`'s device list in `ns`.
+    pub fn set_device_list(&self, jid: &str, ns: Namespace, devices: &[DeviceId]) -> Result<(), PepError> {
+        let path = self.dir(jid, ns)?.join("devicelist.xml");
+        let elem = match ns {
+            Namespace::Oldmemo => v0_3::device_list(devices),
+            _ => v2::device_list(devices),
+        };
+        Self::write(&path, &String::from(&elem))
     }
 
-    /// The bundle of `jid`'s `device`.
-    pub fn bundle(&self, jid: &str, device: DeviceId) -> Result<PreKeyBundle, PepError> {
-        let path = self.dir(jid)?.join(format!("bundle-{device}.xml"));
+    /// The bundle of `jid`'s `device` in `ns`.
+    pub fn bundle(&self, jid: &str, ns: Namespace, device: DeviceId) -> Result<PreKeyBundle, PepError> {
+        let path = self.dir(jid, ns)?.join(format!("bundle-{device}.xml"));
         let Some(text) = Self::read(&path)? else {
             return Err(PepError::BundleNotFound { jid: jid.to_owned(), device });
         };
         let invalid = |detail: String| PepError::Invalid { path: path.clone(), detail };
         let root = parse_element(&text).map_err(|e| invalid(e.to_string()))?;
-        let b = find_descendant(&root, "bundle", v0_3::NS).ok_or_else(|| invalid("no <bundle>".into()))?;
-        v0_3::parse_bundle(b).map_err(|e| invalid(e.to_string()))
+        let parsed = match ns {
+            Namespace::Oldmemo => find_descendant(&root, "bundle", v0_3::NS).map(v0_3::parse_bundle),
+            _ => find_descendant(&root, "bundle", v2::NS).map(v2::parse_bundle),
+        };
+        parsed.ok_or_else(|| invalid("no <bundle>".into()))?.map_err(|e| invalid(e.to_string()))
     }
 
-    /// Publishes a bundle.
-    pub fn set_bundle(&self, jid: &str, device: DeviceId, bundle: &PreKeyBundle) -> Result<(), PepError> {
-        let path = self.dir(jid)?.join(format!("bundle-{device}.xml"));
-        Self::write(&path, &String::from(&v0_3::bundle(bundle)))
+    /// Publishes a bundle in `ns`.
+    pub fn set_bundle(
+        &self,
+        jid: &str,
+        ns: Namespace,
+        device: DeviceId,
+        bundle: &PreKeyBundle,
+    ) -> Result<(), PepError> {
+        let path = self.dir(jid, ns)?.join(format!("bundle-{device}.xml"));
+        let elem = match ns {
+            Namespace::Oldmemo => v0_3::bundle(bundle),
+            _ => v2::bundle(bundle).ok_or_else(|| PepError::Invalid {
+                path: path.clone(),
+                detail: "an OMEMO 2 bundle needs the Ed25519 identity key".into(),
+            })?,
+        };
+        Self::write(&path, &String::from(&elem))
     }
 }

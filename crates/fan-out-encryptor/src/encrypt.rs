@@ -1,26 +1,57 @@
 //! Encrypting one message for a set of bare JIDs: every active device of theirs and our own other
-//! devices, never the sending device.
+//! devices, never the sending device; each device in OMEMO 2 when its JID lists it in the OMEMO 2
+//! device list, else in OMEMO 0.3.
 //!
 //! ```text
-//! payload  = AES-128-GCM(key16, iv12, plaintext)          -- once
-//! for each device d with a session we trust:
-//!     key_d = ratchet_encrypt(session_d, key16 ‖ tag16)   -- on a copy; collected in one Changes
-//! <encrypted><header sid=OUR_DEVICE><key rid=d [prekey='true']>key_d</key>…<iv>iv</iv></header>
-//!            <payload>ciphertext</payload></encrypted>
+//! for each namespace in use:
+//!     payload_ns = encrypt once (0.3: AES-128-GCM of the body; 2: AES-256-CBC+HMAC of the SCE envelope)
+//!     for each device d of that namespace with a session we trust:
+//!         key_d = ratchet_encrypt(session_d, secret_ns)        -- on a copy; collected in one Changes
+//! 0.3: <encrypted xmlns='eu.siacs.conversations.axolotl'><header sid><key rid [prekey]/>…<iv/></header><payload/>
+//! 2:   <encrypted xmlns='urn:xmpp:omemo:2'><header sid><keys jid><key rid [kex]/>…</keys>…</header><payload/>
 //! ```
 
+use minidom::Element;
 use rand_core::CryptoRngCore;
-use session_store::{session, Changes, DeviceId, Namespace, SessionAddress, SessionError, Store};
-use xmpp_parsers::legacy_omemo::{Encrypted, Header, Key, Payload, IV};
+use session_store::{session, Changes, Namespace, SessionAddress, SessionError, Store};
+use xmpp_parsers::legacy_omemo;
 
-use crate::{error::EncryptError, payload};
+use crate::{
+    error::EncryptError,
+    payload,
+    xml::{sce, v2},
+};
+
+/// Which namespaces a message may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceChoice {
+    /// Per device: OMEMO 2 when the device is in its JID's OMEMO 2 list, else 0.3.
+    Auto,
+    /// Only this namespace; devices without it are left out.
+    Only(Namespace),
+}
+
+impl NamespaceChoice {
+    /// Parses `auto`, `oldmemo`, `twomemo`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            other => Namespace::parse(other).map(Self::Only),
+        }
+    }
+
+    fn allows(self, ns: Namespace) -> bool {
+        match self {
+            Self::Auto => true,
+            Self::Only(only) => only == ns,
+        }
+    }
+}
 
 /// Why a device did not get a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SkipReason {
-    /// We hold no device list for this JID.
-    NoDeviceList,
     /// No session, and no bundle was given to build one.
     NoSession,
     /// The device's identity key is distrusted or undecided.
@@ -34,61 +65,102 @@ pub enum SkipReason {
 pub struct Coverage {
     /// Devices that got a key, with whether it was a key exchange.
     pub keyed: Vec<(SessionAddress, bool)>,
-    /// JIDs without any device list.
+    /// JIDs without any usable device list.
     pub jids_without_devices: Vec<String>,
     /// Devices left out, each with its reason.
     pub skipped: Vec<(SessionAddress, SkipReason)>,
 }
 
+/// What to send.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outgoing<'a> {
+    /// The body text; `None` for an empty message (heartbeat, session completion, key transport).
+    pub body: Option<&'a str>,
+    /// OMEMO 2 SCE `<to>`: the room for a group message, the peer for 1:1.
+    pub sce_to: Option<&'a str>,
+    /// OMEMO 2 SCE `<time stamp>` (XEP-0082), if wanted.
+    pub sce_time: Option<&'a str>,
+}
+
 /// An encrypted message ready to be wrapped in a stanza, and what to persist before sending it.
 #[derive(Debug)]
 pub struct EncryptedMessage {
-    /// The `<encrypted>` element.
-    pub encrypted: Encrypted,
+    /// The OMEMO 0.3 element, when some device needs it.
+    pub oldmemo: Option<legacy_omemo::Encrypted>,
+    /// The OMEMO 2 element, when some device needs it.
+    pub twomemo: Option<v2::Encrypted>,
     /// Advanced sessions: apply before the stanza goes out.
     pub changes: Changes,
     /// The coverage report.
     pub coverage: Coverage,
 }
 
-/// The devices a message to `jids` goes to: the active devices of each JID's device list, plus our own
-/// other devices; never our sending device. Deduplicated, in order.
+impl EncryptedMessage {
+    /// The `<encrypted>` elements, OMEMO 2 first.
+    pub fn elements(&self) -> Vec<Element> {
+        let mut out = Vec::new();
+        if let Some(e) = &self.twomemo {
+            out.push(e.clone().into());
+        }
+        if let Some(e) = &self.oldmemo {
+            out.push(crate::xml::v0_3::encrypted(e.clone()));
+        }
+        out
+    }
+
+    /// The namespace the EME element names: OMEMO 2 when present.
+    pub fn eme_namespace(&self) -> &'static str {
+        if self.twomemo.is_some() {
+            Namespace::Twomemo.xmlns()
+        } else {
+            Namespace::Oldmemo.xmlns()
+        }
+    }
+}
+
+/// The devices a message to `jids` goes to, each with its namespace: the active devices of each JID's
+/// device lists, plus our own other devices; never our sending device. Also the JIDs without any usable
+/// device list.
 pub fn recipient_devices(
     store: &impl Store,
     jids: &[String],
-    ns: Namespace,
+    choice: NamespaceChoice,
 ) -> Result<(Vec<SessionAddress>, Vec<String>), EncryptError> {
     let account = store.account()?.ok_or(EncryptError::NoAccount)?;
     let mut all: Vec<String> = jids.to_vec();
     if !all.contains(&account.jid) {
         all.push(account.jid.clone());
     }
-    let mut out = Vec::new();
+    let mut out: Vec<SessionAddress> = Vec::new();
     let mut without = Vec::new();
     for jid in all {
-        match store.device_list(ns, &jid)? {
-            Some(devices) => {
-                for d in devices {
-                    if jid == account.jid && d == account.device_id {
-                        continue;
-                    }
-                    let addr = SessionAddress::new(ns, jid.clone(), d);
-                    if !out.contains(&addr) {
-                        out.push(addr);
-                    }
+        let mut found = false;
+        // OMEMO 2 first: a device in both lists is reached in OMEMO 2.
+        for ns in account.namespaces.iter().filter(|ns| choice.allows(*ns)) {
+            for d in store.device_list(ns, &jid)?.unwrap_or_default() {
+                if jid == account.jid && d == account.device_id {
+                    continue;
+                }
+                found = true;
+                if !out.iter().any(|a| a.jid == jid && a.device == d) {
+                    out.push(SessionAddress::new(ns, jid.clone(), d));
                 }
             }
-            // Our own JID without other devices is normal.
-            None if jid == account.jid => {}
-            None => without.push(jid),
+        }
+        if !found && jid != account.jid {
+            without.push(jid);
         }
     }
     Ok((out, without))
 }
 
 /// Recipient devices of a message to `jids` that have no session yet: fetch their bundles.
-pub fn missing_sessions_0_3(store: &impl Store, jids: &[String]) -> Result<Vec<SessionAddress>, EncryptError> {
-    let (devices, _) = recipient_devices(store, jids, Namespace::Oldmemo)?;
+pub fn missing_sessions(
+    store: &impl Store,
+    jids: &[String],
+    choice: NamespaceChoice,
+) -> Result<Vec<SessionAddress>, EncryptError> {
+    let (devices, _) = recipient_devices(store, jids, choice)?;
     let mut out = Vec::new();
     for addr in devices {
         if !store.session(&addr)?.is_some_and(|r| r.has_current()) {
@@ -98,37 +170,67 @@ pub fn missing_sessions_0_3(store: &impl Store, jids: &[String]) -> Result<Vec<S
     Ok(out)
 }
 
-/// Encrypts `plaintext` (or, with `None`, a key-transport message without payload) for `jids`.
-/// Sessions must exist (see [`missing_sessions_0_3`] and `session::initiate`, whose changes may be
-/// passed in `changes` so that one transaction covers everything). Devices that cannot be encrypted for
-/// are reported, not fatal; no device at all is [`EncryptError::NoDevices`].
-pub fn encrypt_0_3(
+/// Encrypts `out` for `jids`. Sessions must exist (see [`missing_sessions`] and `session::initiate`,
+/// whose changes may be passed in `changes` so that one transaction covers everything). Devices that
+/// cannot be encrypted for are reported, not fatal; no device at all is [`EncryptError::NoDevices`].
+pub fn encrypt_message(
     store: &impl Store,
     jids: &[String],
-    plaintext: Option<&[u8]>,
+    out: &Outgoing<'_>,
+    choice: NamespaceChoice,
     mut changes: Changes,
     rng: &mut impl CryptoRngCore,
 ) -> Result<EncryptedMessage, EncryptError> {
     let account = store.account()?.ok_or(EncryptError::NoAccount)?;
-    let (devices, without) = recipient_devices(store, jids, Namespace::Oldmemo)?;
+    let (devices, without) = recipient_devices(store, jids, choice)?;
     let mut coverage = Coverage { jids_without_devices: without, ..Coverage::default() };
-    let (iv, ciphertext, key_material) = match plaintext {
-        Some(pt) => {
-            let p = payload::encrypt(pt, rng);
-            (p.iv, Some(p.ciphertext), p.key_material.to_vec())
+    let uses = |ns| devices.iter().any(|a| a.namespace == ns);
+
+    // OMEMO 0.3: the body, AES-128-GCM.
+    let old = uses(Namespace::Oldmemo).then(|| match out.body {
+        Some(body) => {
+            let p = payload::encrypt(body.as_bytes(), rng);
+            (p.iv, Some(p.ciphertext), zeroize::Zeroizing::new(p.key_material.to_vec()))
         }
         None => {
             let mut iv = [0u8; 12];
             rng.fill_bytes(&mut iv);
-            (iv, None, payload::transport_key(rng).to_vec())
+            (iv, None, zeroize::Zeroizing::new(payload::transport_key(rng).to_vec()))
         }
-    };
-    let key_material = zeroize::Zeroizing::new(key_material);
-    let mut keys = Vec::with_capacity(devices.len());
+    });
+    // OMEMO 2: the SCE envelope (an empty one carries no payload and a zero key).
+    let new = uses(Namespace::Twomemo).then(|| match out.body {
+        Some(body) => {
+            let content = vec![Element::builder("body", "jabber:client").append(body).build()];
+            let env: Element = sce::build(content, &account.jid, out.sce_to, out.sce_time, rng).into();
+            let p = payload::encrypt_v2(String::from(&env).as_bytes(), rng);
+            (Some(p.ciphertext), zeroize::Zeroizing::new(p.key_material.to_vec()))
+        }
+        None => (None, zeroize::Zeroizing::new(payload::V2_EMPTY_KEY_MATERIAL.to_vec())),
+    });
+
+    let mut old_keys = Vec::new();
+    let mut new_keys: Vec<v2::Keys> = Vec::new();
     for addr in devices {
-        match session::encrypt(store, &account, &addr, &key_material, &mut changes) {
+        let secret = match addr.namespace {
+            Namespace::Oldmemo => old.as_ref().map(|o| &o.2),
+            _ => new.as_ref().map(|n| &n.1),
+        };
+        let Some(secret) = secret else { continue };
+        match session::encrypt(store, &account, &addr, secret, &mut changes) {
             Ok(k) => {
-                keys.push(Key { rid: addr.device, prekey: k.kex, data: k.data });
+                match addr.namespace {
+                    Namespace::Oldmemo => {
+                        old_keys.push(legacy_omemo::Key { rid: addr.device, prekey: k.kex, data: k.data })
+                    }
+                    _ => {
+                        let key = v2::Key { rid: addr.device, kex: k.kex.then_some(true), data: k.data };
+                        match new_keys.iter_mut().find(|g| g.jid == addr.jid) {
+                            Some(g) => g.keys.push(key),
+                            None => new_keys.push(v2::Keys { jid: addr.jid.clone(), keys: vec![key] }),
+                        }
+                    }
+                }
                 coverage.keyed.push((addr, k.kex));
             }
             Err(SessionError::NoSession) => coverage.skipped.push((addr, SkipReason::NoSession)),
@@ -137,20 +239,26 @@ pub fn encrypt_0_3(
             Err(e) => coverage.skipped.push((addr, SkipReason::SessionFailed(e.to_string()))),
         }
     }
-    if keys.is_empty() {
+    if coverage.keyed.is_empty() {
         return Err(EncryptError::NoDevices);
     }
-    Ok(EncryptedMessage {
-        encrypted: Encrypted {
-            header: Header { sid: account.device_id, keys, iv: IV { data: iv.to_vec() } },
-            payload: ciphertext.map(|data| Payload { data }),
-        },
-        changes,
-        coverage,
-    })
-}
-
-/// The device id the stanza's sender used.
-pub fn sender_device(encrypted: &Encrypted) -> DeviceId {
-    encrypted.header.sid
+    let oldmemo = match (old, old_keys.is_empty()) {
+        (Some((iv, ciphertext, _)), false) => Some(legacy_omemo::Encrypted {
+            header: legacy_omemo::Header {
+                sid: account.device_id,
+                keys: old_keys,
+                iv: legacy_omemo::IV { data: iv.to_vec() },
+            },
+            payload: ciphertext.map(|data| legacy_omemo::Payload { data }),
+        }),
+        _ => None,
+    };
+    let twomemo = match (new, new_keys.is_empty()) {
+        (Some((ciphertext, _)), false) => Some(v2::Encrypted {
+            header: v2::Header { sid: account.device_id, keys: new_keys },
+            payload: ciphertext.map(|data| v2::Payload { data }),
+        }),
+        _ => None,
+    };
+    Ok(EncryptedMessage { oldmemo, twomemo, changes, coverage })
 }

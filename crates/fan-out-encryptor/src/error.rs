@@ -65,6 +65,9 @@ pub enum DecryptError {
     /// The payload did not authenticate under the key.
     #[error("payload authentication failed")]
     BadPayload,
+    /// The SCE envelope's affixes do not match the stanza (forged `<from>`, wrong or missing `<to>`).
+    #[error(transparent)]
+    Affix(#[from] crate::xml::sce::AffixError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

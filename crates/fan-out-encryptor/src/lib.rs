@@ -12,6 +12,9 @@ pub mod fuzzing;
 pub mod payload;
 pub mod xml;
 
-pub use decrypt::{decrypt_0_3, Decrypted};
-pub use encrypt::{encrypt_0_3, missing_sessions_0_3, recipient_devices, Coverage, EncryptedMessage, SkipReason};
+pub use decrypt::{decrypt_0_3, decrypt_stanza, decrypt_v2, Context, Decrypted};
+pub use encrypt::{
+    encrypt_message, missing_sessions, recipient_devices, Coverage, EncryptedMessage, NamespaceChoice, Outgoing,
+    SkipReason,
+};
 pub use error::{DecryptError, EncryptError, XmlError};

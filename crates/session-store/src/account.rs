@@ -8,6 +8,8 @@ use crate::{
     changes::Changes,
     error::{SessionError, StoreError},
     keys::{random_device_id, DeviceId, KeyPair, PrivateKey, PublicKey},
+    namespace::{Namespace, NamespaceSet},
+    ratchet::LocalIdentity,
     traits::Store,
     x3dh::PreKeyBundle,
     xeddsa,
@@ -28,18 +30,31 @@ pub struct Account {
     pub device_id: DeviceId,
     /// Our identity key pair (Curve25519; the Ed25519 form is derived for OMEMO 2).
     pub identity: KeyPair,
+    /// The Ed25519 form of our identity public key (sign bit 0), derived from `identity`.
+    identity_ed25519: [u8; 32],
     /// The id the next new pre-key gets: ids are never reused.
     pub next_pre_key_id: u32,
     /// The id the next signed pre-key gets.
     pub next_signed_pre_key_id: u32,
+    /// The namespaces this device speaks.
+    pub namespaces: NamespaceSet,
 }
 
 impl fmt::Debug for Account {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self { jid: _, device_id, identity, next_pre_key_id, next_signed_pre_key_id } = self;
+        let Self {
+            jid: _,
+            device_id,
+            identity,
+            identity_ed25519: _,
+            next_pre_key_id,
+            next_signed_pre_key_id,
+            namespaces,
+        } = self;
         f.debug_struct("Account")
             .field("device_id", device_id)
             .field("identity", &identity.public)
+            .field("namespaces", namespaces)
             .field("next_pre_key_id", next_pre_key_id)
             .field("next_signed_pre_key_id", next_signed_pre_key_id)
             .finish_non_exhaustive()
@@ -80,22 +95,36 @@ pub struct PreKeyRecord {
 }
 
 impl Account {
-    /// Creates a new device: identity key, signed pre-key 1, pre-keys 1..=100. `taken` lists device ids
-    /// already in use for this JID (from its device lists), which the new id avoids.
-    pub fn create(jid: &str, taken: &[DeviceId], now: u64, rng: &mut impl CryptoRngCore) -> Changes {
+    /// An account from its stored parts.
+    pub fn new(
+        jid: String,
+        device_id: DeviceId,
+        identity: KeyPair,
+        next_pre_key_id: u32,
+        next_signed_pre_key_id: u32,
+        namespaces: NamespaceSet,
+    ) -> Self {
+        let identity_ed25519 = xeddsa::ed25519_public(&identity.private);
+        Self { jid, device_id, identity, identity_ed25519, next_pre_key_id, next_signed_pre_key_id, namespaces }
+    }
+
+    /// Creates a new device speaking `namespaces`: identity key, signed pre-key 1, pre-keys 1..=100.
+    /// `taken` lists device ids already in use for this JID (from its device lists), which the new id
+    /// avoids.
+    pub fn create(
+        jid: &str,
+        namespaces: NamespaceSet,
+        taken: &[DeviceId],
+        now: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Changes {
         let device_id = loop {
             let id = random_device_id(rng);
             if !taken.contains(&id) {
                 break id;
             }
         };
-        let mut account = Account {
-            jid: jid.to_owned(),
-            device_id,
-            identity: KeyPair::generate(rng),
-            next_pre_key_id: 1,
-            next_signed_pre_key_id: 1,
-        };
+        let mut account = Account::new(jid.to_owned(), device_id, KeyPair::generate(rng), 1, 1, namespaces);
         let mut changes = Changes::default();
         changes.signed_pre_keys.push(account.new_signed_pre_key(now, rng));
         for _ in 0..PRE_KEY_COUNT {
@@ -133,13 +162,41 @@ impl Account {
         self.identity.public
     }
 
+    /// Our identity public key in Ed25519 form (OMEMO 2's `<ik>`).
+    pub fn identity_key_ed25519(&self) -> [u8; 32] {
+        self.identity_ed25519
+    }
+
+    /// Both forms of our identity key, as ratchet operations need them.
+    pub fn local_identity(&self) -> LocalIdentity {
+        LocalIdentity { curve: self.identity.public, ed25519: self.identity_ed25519 }
+    }
+
     /// Our fingerprint (8 groups of 8 hex digits).
     pub fn fingerprint(&self) -> String {
         self.identity.public.fingerprint()
     }
 }
 
-/// Our current bundle: the newest signed pre-key and every one-time pre-key.
+/// Our current bundle for `ns`: the newest signed pre-key and every one-time pre-key. The OMEMO 0.3
+/// bundle carries the stored XEdDSA signature over `0x05 ‖ spk`; the OMEMO 2 bundle an Ed25519-valid
+/// XEdDSA signature over the raw key, made here (its nonce input is derived from the key, so the same
+/// bundle is published each time).
+pub fn own_bundle_for(store: &impl Store, ns: Namespace) -> Result<PreKeyBundle, SessionError> {
+    let mut bundle = own_bundle(store)?;
+    if ns == Namespace::Twomemo {
+        let account = store.account()?.ok_or(SessionError::NoAccount)?;
+        let mut z = [0u8; 64];
+        crate::ratchet::keys::hkdf(None, bundle.signed_pre_key.as_bytes(), b"omemo-muc spk nonce", &mut z)
+            .map_err(SessionError::Internal)?;
+        let sig = xeddsa::sign(&account.identity.private, bundle.signed_pre_key.as_bytes(), &z);
+        bundle.signed_pre_key_signature = sig.to_vec();
+        bundle.identity_key_ed25519 = Some(account.identity_ed25519);
+    }
+    Ok(bundle)
+}
+
+/// Our current OMEMO 0.3 bundle: the newest signed pre-key and every one-time pre-key.
 pub fn own_bundle(store: &impl Store) -> Result<PreKeyBundle, SessionError> {
     let account = store.account()?.ok_or(SessionError::NoAccount)?;
     let spk = store
@@ -152,6 +209,7 @@ pub fn own_bundle(store: &impl Store) -> Result<PreKeyBundle, SessionError> {
     pre_keys.sort_by_key(|p| p.0);
     Ok(PreKeyBundle {
         identity_key: account.identity.public,
+        identity_key_ed25519: None,
         signed_pre_key_id: spk.id,
         signed_pre_key: spk.key_pair.public,
         signed_pre_key_signature: spk.signature.to_vec(),

@@ -17,6 +17,9 @@ pub enum KeyError {
     /// The 0.3 type byte is not `0x05`.
     #[error("unknown key type byte {0:#04x}")]
     BadKeyType(u8),
+    /// The Ed25519 encoding is not a point of the curve.
+    #[error("not a valid Ed25519 point")]
+    NotAPoint,
     /// The peer's key is a low-order point: the agreement would not depend on our secret.
     #[error("low-order public key refused")]
     LowOrderPoint,

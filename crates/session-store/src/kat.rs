@@ -9,14 +9,19 @@ use crate::{
     namespace::Namespace,
     ratchet::{
         keys::{ChainKey, MessageKeySeed, RootKey},
-        open_0_3, seal_0_3,
+        open_0_3, open_v2, seal_0_3, seal_v2,
     },
-    wire::v0_3::SignalMessage,
-    xeddsa,
+    wire::{v0_3::SignalMessage, v2::AuthenticatedMessage},
+    xeddsa, PreKeyBundle,
 };
 
 fn vectors() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vectors/oldmemo_kat.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn vectors_v2() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vectors/twomemo_kat.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -126,9 +131,84 @@ fn signal_messages_byte_for_byte() {
         assert_eq!(ours, b(&t["serialized"]), "our SignalMessage equals python-omemo's");
         let parsed = SignalMessage::parse(&b(&t["serialized"])).unwrap();
         assert_eq!((parsed.counter, parsed.previous_counter, parsed.ratchet_key), (counter, pn, ratchet));
-        assert_eq!(open_0_3(&keys, &sender, &receiver, &parsed).unwrap(), b(&t["plaintext"]));
+        assert_eq!(open_0_3(&keys, &sender, &receiver, &(&parsed).into()).unwrap(), b(&t["plaintext"]));
         // The MAC binds the direction: swapping the identities fails.
-        assert!(open_0_3(&keys, &receiver, &sender, &parsed).is_err());
+        assert!(open_0_3(&keys, &receiver, &sender, &(&parsed).into()).is_err());
+    }
+}
+
+#[test]
+fn v2_root_chain_and_message_keys() {
+    let v = vectors_v2();
+    for t in list(&v, "root_chain") {
+        let (new_root, chain) = RootKey(k32(&t["root"]))
+            .create_chain(
+                Namespace::Twomemo,
+                &PublicKey::from_bytes(k32(&t["their_public"])),
+                &PrivateKey::from_bytes(k32(&t["our_private"])),
+            )
+            .unwrap();
+        assert_eq!(new_root.0, k32(&t["new_root"]));
+        assert_eq!(chain.key, k32(&t["chain_key"]));
+    }
+    for t in list(&v, "message_keys") {
+        let keys = MessageKeySeed { seed: k32(&t["seed"]), counter: 0 }.expand(Namespace::Twomemo);
+        assert_eq!(keys.cipher_key.to_vec(), b(&t["cipher_key"]));
+        assert_eq!(keys.mac_key.to_vec(), b(&t["mac_key"]));
+        assert_eq!(keys.iv.to_vec(), b(&t["iv"]));
+    }
+}
+
+#[test]
+fn v2_authenticated_messages_byte_for_byte() {
+    let v = vectors_v2();
+    for t in list(&v, "authenticated_message") {
+        let counter = t["counter"].as_u64().unwrap() as u32;
+        let pn = t["previous_counter"].as_u64().unwrap() as u32;
+        let keys = MessageKeySeed { seed: k32(&t["message_key_seed"]), counter }.expand(Namespace::Twomemo);
+        let mut ad = [0u8; 64];
+        ad[..32].copy_from_slice(&b(&t["ik_initiator"]));
+        ad[32..].copy_from_slice(&b(&t["ik_responder"]));
+        let ratchet = PublicKey::from_bytes(k32(&t["ratchet_key"]));
+        let ours = seal_v2(&keys, &ratchet, pn, &ad, &b(&t["plaintext"]));
+        assert_eq!(ours, b(&t["serialized"]), "our OMEMOAuthenticatedMessage equals twomemo's");
+        let parsed = AuthenticatedMessage::parse(&b(&t["serialized"])).unwrap();
+        assert_eq!((parsed.counter, parsed.previous_counter, parsed.ratchet_key), (counter, pn, ratchet));
+        assert_eq!(open_v2(&keys, &ad, &(&parsed).into()).unwrap(), b(&t["plaintext"]));
+        let mut swapped = [0u8; 64];
+        swapped[..32].copy_from_slice(&ad[32..]);
+        swapped[32..].copy_from_slice(&ad[..32]);
+        assert!(open_v2(&keys, &swapped, &(&parsed).into()).is_err(), "the AD order matters");
+    }
+}
+
+#[test]
+fn v2_identity_forms_and_bundle_signatures() {
+    let v = vectors_v2();
+    for t in list(&v, "identity_forms") {
+        let private = PrivateKey::from_bytes(k32(&t["private"]));
+        assert_eq!(private.public_key().as_bytes(), &k32(&t["curve"]));
+        assert_eq!(xeddsa::ed25519_public(&private), k32(&t["ed25519_sign_bit_0"]));
+    }
+    for t in list(&v, "bundle_signature") {
+        let ik = k32(&t["ik_ed25519"]);
+        let curve = crate::keys::ed25519_to_curve25519(&ik).unwrap();
+        assert_eq!(curve.as_bytes(), &k32(&t["ik_curve"]));
+        let bundle = PreKeyBundle {
+            identity_key: curve,
+            identity_key_ed25519: Some(ik),
+            signed_pre_key_id: 1,
+            signed_pre_key: PublicKey::from_bytes(k32(&t["spk"])),
+            signed_pre_key_signature: b(&t["spks"]),
+            pre_keys: vec![],
+        };
+        bundle.verify_v2().unwrap();
+        let mut bad = bundle.clone();
+        bad.signed_pre_key_signature[10] ^= 1;
+        assert!(bad.verify_v2().is_err());
+        let mut other_ik = bundle.clone();
+        other_ik.identity_key = PublicKey::from_bytes([9; 32]);
+        assert!(other_ik.verify_v2().is_err(), "the two forms of the identity key must agree");
     }
 }
 
@@ -139,7 +219,9 @@ fn regenerate_vectors() {
     let venv = std::env::var("ORACLE_VENV").unwrap_or_else(|_| {
         format!("{}/.cache/omemo-oracle/venv", std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/vectors/generate_oldmemo.py");
-    let status = std::process::Command::new(format!("{venv}/bin/python")).arg(script).status().unwrap();
-    assert!(status.success());
+    for script in ["generate_oldmemo.py", "generate_twomemo.py"] {
+        let path = format!("{}/../../tests/vectors/{script}", env!("CARGO_MANIFEST_DIR"));
+        let status = std::process::Command::new(format!("{venv}/bin/python")).arg(path).status().unwrap();
+        assert!(status.success());
+    }
 }

@@ -91,6 +91,16 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+/// The Curve25519 form of an Ed25519 public key (OMEMO 2 publishes identity keys as Ed25519). Refuses
+/// encodings that are no point, and small-order points.
+pub fn ed25519_to_curve25519(ed: &[u8; 32]) -> Result<PublicKey, KeyError> {
+    let point = curve25519_dalek::edwards::CompressedEdwardsY(*ed).decompress().ok_or(KeyError::NotAPoint)?;
+    if point.is_small_order() {
+        return Err(KeyError::LowOrderPoint);
+    }
+    Ok(PublicKey(point.to_montgomery().to_bytes()))
+}
+
 /// A clamped Curve25519 private scalar.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct PrivateKey(Box<[u8; 32]>);

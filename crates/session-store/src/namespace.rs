@@ -74,3 +74,46 @@ impl Namespace {
         }
     }
 }
+
+/// The namespaces a device speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NamespaceSet(u8);
+
+impl NamespaceSet {
+    /// OMEMO 0.3 only.
+    pub const OLDMEMO: Self = Self(1);
+    /// OMEMO 2 only.
+    pub const TWOMEMO: Self = Self(2);
+    /// Both, one device id and one identity key.
+    pub const BOTH: Self = Self(3);
+
+    /// Does the set contain `ns`?
+    pub fn contains(self, ns: Namespace) -> bool {
+        self.0 & (1 << ns.code()) != 0
+    }
+
+    /// The namespaces in the set, OMEMO 2 first (the preferred one).
+    pub fn iter(self) -> impl Iterator<Item = Namespace> {
+        [Namespace::Twomemo, Namespace::Oldmemo].into_iter().filter(move |ns| self.contains(*ns))
+    }
+
+    /// Stable bits for storage.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// Inverse of [`NamespaceSet::bits`]; the empty set and unknown bits are refused.
+    pub fn from_bits(bits: u8) -> Option<Self> {
+        (bits != 0 && bits & !3 == 0).then_some(Self(bits))
+    }
+
+    /// Parses `oldmemo`, `twomemo` or `both`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "oldmemo" => Some(Self::OLDMEMO),
+            "twomemo" => Some(Self::TWOMEMO),
+            "both" => Some(Self::BOTH),
+            _ => None,
+        }
+    }
+}

@@ -9,6 +9,7 @@ use zeroize::Zeroize;
 use crate::{
     error::StoreError,
     keys::{KeyPair, PrivateKey, PublicKey},
+    namespace::Namespace,
     ratchet::{
         keys::{ChainKey, MessageKeySeed, RootKey},
         PendingKeyExchange, ReceiverChain, SessionRecord, SessionState, MAX_ARCHIVED_STATES, MAX_SKIPPED_KEYS,
@@ -75,6 +76,11 @@ struct StateProto {
     skipped: Vec<SkippedProto>,
     #[prost(message, optional, tag = "13")]
     pending: Option<PendingProto>,
+    /// Namespace code (absent = 0 = OMEMO 0.3, as records of schema 1 were).
+    #[prost(uint32, tag = "14")]
+    ns: u32,
+    #[prost(bytes = "vec", optional, tag = "15")]
+    remote_identity_ed25519: Option<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -133,6 +139,8 @@ fn chain_from(p: &ChainProto) -> Result<ReceiverChain, StoreError> {
 
 fn state_to(s: &SessionState) -> StateProto {
     StateProto {
+        ns: s.ns.code().into(),
+        remote_identity_ed25519: s.remote_identity_ed25519.map(|k| k.to_vec()),
         remote_identity: s.remote_identity.as_bytes().to_vec(),
         initiator: s.initiator,
         base_key: s.base_key.as_bytes().to_vec(),
@@ -169,7 +177,15 @@ fn state_from(p: &StateProto) -> Result<SessionState, StoreError> {
             MessageKeySeed { seed: arr(&k.seed, "skipped key")?, counter: k.counter },
         ));
     }
+    let ns = u8::try_from(p.ns).ok().and_then(Namespace::from_code).ok_or(StoreError::Corrupt("namespace"))?;
+    let remote_identity_ed25519 =
+        p.remote_identity_ed25519.as_deref().map(|k| arr(k, "remote Ed25519 identity")).transpose()?;
+    if ns == Namespace::Twomemo && remote_identity_ed25519.is_none() {
+        return Err(StoreError::Corrupt("OMEMO 2 session without Ed25519 identity"));
+    }
     Ok(SessionState {
+        ns,
+        remote_identity_ed25519,
         remote_identity: PublicKey::from_bytes(arr(&p.remote_identity, "remote identity")?),
         initiator: p.initiator,
         base_key: PublicKey::from_bytes(arr(&p.base_key, "base key")?),

@@ -1,5 +1,5 @@
-//! Session operations over a store: start a session from a bundle, encrypt for a device, decrypt from
-//! a device. Each returns what it changed as [`Changes`]; nothing is written until the caller applies
+//! Session operations over a store, for both namespaces: start a session from a bundle, encrypt for a
+//! device, decrypt from a device. Each returns what it changed as [`Changes`]; nothing is written until the caller applies
 //! them, and a failed operation changes nothing.
 
 use std::fmt;
@@ -11,12 +11,15 @@ use crate::{
     account::Account,
     changes::{Changes, SessionAddress},
     error::SessionError,
-    keys::{DeviceId, PublicKey},
+    keys::{ed25519_to_curve25519, DeviceId, PublicKey},
     namespace::Namespace,
-    ratchet::SessionRecord,
+    ratchet::{Incoming, SessionRecord},
     traits::Store,
     trust::TrustLevel,
-    wire::v0_3::{PreKeySignalMessage, SignalMessage},
+    wire::{
+        v0_3::{PreKeySignalMessage, SignalMessage},
+        v2::{AuthenticatedMessage, KeyExchange},
+    },
     x3dh::{self, PreKeyBundle},
 };
 
@@ -115,16 +118,9 @@ fn load_record(
     })
 }
 
-fn require_oldmemo(addr: &SessionAddress) -> Result<(), SessionError> {
-    if addr.namespace == Namespace::Oldmemo {
-        Ok(())
-    } else {
-        Err(SessionError::Internal("this operation speaks OMEMO 0.3 only"))
-    }
-}
-
-/// Starts an OMEMO 0.3 session with `addr` from its bundle (signature checked, one pre-key picked at
-/// random). The new session becomes current; an earlier one is archived. Refuses distrusted keys.
+/// Starts a session with `addr` (in its namespace) from the device's bundle (signature checked, one
+/// pre-key picked at random). The new session becomes current; an earlier one is archived. Refuses
+/// distrusted keys.
 pub fn initiate(
     store: &impl Store,
     account: &Account,
@@ -133,13 +129,12 @@ pub fn initiate(
     changes: &mut Changes,
     rng: &mut impl CryptoRngCore,
 ) -> Result<IdentityInfo, SessionError> {
-    require_oldmemo(addr)?;
     let mut scratch = Changes::default();
     let identity = check_identity(store, &mut scratch, &addr.jid, addr.device, &bundle.identity_key)?;
     if identity.trust == TrustLevel::Distrusted {
         return Err(SessionError::Distrusted { jid: addr.jid.clone(), device: addr.device });
     }
-    let state = x3dh::initiate_0_3(&account.identity, bundle, rng)?;
+    let state = x3dh::initiate(addr.namespace, &account.identity, bundle, rng)?;
     let mut record = load_record(store, changes, addr)?.unwrap_or_default();
     record.promote(state);
     scratch.sessions.push((addr.clone(), record));
@@ -156,21 +151,31 @@ pub fn encrypt(
     plaintext: &[u8],
     changes: &mut Changes,
 ) -> Result<EncryptedKey, SessionError> {
-    require_oldmemo(addr)?;
     let mut record = load_record(store, changes, addr)?.ok_or(SessionError::NoSession)?;
     let remote = record.remote_identity().ok_or(SessionError::NoSession)?;
     let trust = trust_in(store, changes, &addr.jid, &remote)?.unwrap_or(TrustLevel::Undecided);
     if !trust.may_encrypt() {
         return Err(SessionError::Untrusted { jid: addr.jid.clone(), device: addr.device });
     }
-    let (data, kex) = record.encrypt_0_3(&account.identity.public, plaintext)?;
+    let (data, kex) = record.encrypt(&account.local_identity(), plaintext)?;
     changes.merge(Changes { sessions: vec![(addr.clone(), record)], ..Changes::default() });
     Ok(EncryptedKey { data, kex })
 }
 
-/// Decrypts a key element from `from`. A key exchange is recognised by parsing the element, whatever
-/// its `prekey` attribute says. On success the change set holds the advanced session, the consumed
-/// pre-key's deletion and its replacement, and the sender's identity; on failure nothing changes.
+/// The parts of a key exchange of either namespace that the responder needs.
+struct KeyExchangeParts<'a> {
+    pre_key_id: Option<u32>,
+    signed_pre_key_id: u32,
+    base_key: PublicKey,
+    identity: PublicKey,
+    identity_ed25519: Option<[u8; 32]>,
+    message: Incoming<'a>,
+}
+
+/// Decrypts a key element from `from` (in its namespace). A key exchange is recognised by parsing the
+/// element, whatever its `prekey`/`kex` attribute says. On success the change set holds the advanced
+/// session, the consumed pre-key's deletion and its replacement, and the sender's identity; on failure
+/// nothing changes.
 pub fn decrypt(
     store: &impl Store,
     account: &Account,
@@ -178,53 +183,105 @@ pub fn decrypt(
     data: &[u8],
     rng: &mut impl CryptoRngCore,
 ) -> Result<(DecryptedKey, Changes), SessionError> {
-    require_oldmemo(from)?;
-    let our = account.identity.public;
+    match from.namespace {
+        Namespace::Oldmemo => {
+            if let Ok(kex) = PreKeySignalMessage::parse(data) {
+                let msg = SignalMessage::parse(&kex.message)?;
+                let parts = KeyExchangeParts {
+                    pre_key_id: kex.pre_key_id,
+                    signed_pre_key_id: kex.signed_pre_key_id,
+                    base_key: kex.base_key,
+                    identity: kex.identity_key,
+                    identity_ed25519: None,
+                    message: (&msg).into(),
+                };
+                decrypt_key_exchange(store, account, from, parts, rng)
+            } else {
+                let msg = SignalMessage::parse(data)?;
+                decrypt_message(store, account, from, &(&msg).into(), rng)
+            }
+        }
+        Namespace::Twomemo => {
+            if let Ok(kex) = KeyExchange::parse(data) {
+                let parts = KeyExchangeParts {
+                    pre_key_id: Some(kex.pre_key_id),
+                    signed_pre_key_id: kex.signed_pre_key_id,
+                    base_key: kex.base_key,
+                    identity: ed25519_to_curve25519(&kex.identity_key)?,
+                    identity_ed25519: Some(kex.identity_key),
+                    message: (&kex.message).into(),
+                };
+                decrypt_key_exchange(store, account, from, parts, rng)
+            } else {
+                let msg = AuthenticatedMessage::parse(data)?;
+                decrypt_message(store, account, from, &(&msg).into(), rng)
+            }
+        }
+    }
+}
+
+fn decrypt_key_exchange(
+    store: &impl Store,
+    account: &Account,
+    from: &SessionAddress,
+    kex: KeyExchangeParts<'_>,
+    rng: &mut impl CryptoRngCore,
+) -> Result<(DecryptedKey, Changes), SessionError> {
+    let our = account.local_identity();
     let mut changes = Changes::default();
     let mut record = store.session(from)?.unwrap_or_default();
+    let identity = check_identity(store, &mut changes, &from.jid, from.device, &kex.identity)?;
+    if !identity.trust.may_decrypt() {
+        return Err(SessionError::Distrusted { jid: from.jid.clone(), device: from.device });
+    }
     let mut consumed_pre_key = None;
-    let (plaintext, kex, identity) = if let Ok(kex) = PreKeySignalMessage::parse(data) {
-        let msg = SignalMessage::parse(&kex.message)?;
-        let identity = check_identity(store, &mut changes, &from.jid, from.device, &kex.identity_key)?;
-        if !identity.trust.may_decrypt() {
-            return Err(SessionError::Distrusted { jid: from.jid.clone(), device: from.device });
-        }
-        let plaintext = if record.find_base_key(&kex.base_key).is_some() {
-            // The initiator repeats its key exchange until we answer: same session, just decrypt.
-            record.decrypt_0_3(&our, &msg, rng)?
-        } else {
-            let spk = store
-                .signed_pre_key(kex.signed_pre_key_id)?
-                .ok_or(SessionError::UnknownSignedPreKey(kex.signed_pre_key_id))?;
-            let pre_key_id = kex.pre_key_id.ok_or(SessionError::MissingPreKey)?;
-            let pre_key = store.pre_key(pre_key_id)?.ok_or(SessionError::UnknownPreKey(pre_key_id))?;
-            let mut state = x3dh::respond_0_3(
-                &account.identity,
-                &spk.key_pair,
-                &pre_key.key_pair,
-                &kex.identity_key,
-                &kex.base_key,
-            )?;
-            let plaintext = state.decrypt_0_3(&our, &msg, rng)?;
-            record.promote(state);
-            // Only now that the key exchange decrypted: delete the pre-key and publish a replacement.
-            let mut fresh = store.account()?.ok_or(SessionError::NoAccount)?;
-            changes.removed_pre_keys.push(pre_key_id);
-            changes.pre_keys.push(fresh.new_pre_key(rng));
-            changes.account = Some(fresh);
-            consumed_pre_key = Some(pre_key_id);
-            plaintext
-        };
-        (plaintext, true, identity)
+    let plaintext = if record.find_base_key(&kex.base_key).is_some() {
+        // The initiator repeats its key exchange until we answer: same session, just decrypt.
+        record.decrypt(&our, &kex.message, rng)?
     } else {
-        let msg = SignalMessage::parse(data)?;
-        let remote = record.remote_identity().ok_or(SessionError::NoSession)?;
-        let identity = check_identity(store, &mut changes, &from.jid, from.device, &remote)?;
-        if !identity.trust.may_decrypt() {
-            return Err(SessionError::Distrusted { jid: from.jid.clone(), device: from.device });
-        }
-        (record.decrypt_0_3(&our, &msg, rng)?, false, identity)
+        let spk = store
+            .signed_pre_key(kex.signed_pre_key_id)?
+            .ok_or(SessionError::UnknownSignedPreKey(kex.signed_pre_key_id))?;
+        let pre_key_id = kex.pre_key_id.ok_or(SessionError::MissingPreKey)?;
+        let pre_key = store.pre_key(pre_key_id)?.ok_or(SessionError::UnknownPreKey(pre_key_id))?;
+        let mut state = x3dh::respond(
+            from.namespace,
+            &account.identity,
+            &spk.key_pair,
+            &pre_key.key_pair,
+            &kex.identity,
+            kex.identity_ed25519,
+            &kex.base_key,
+        )?;
+        let plaintext = state.decrypt(&our, &kex.message, rng)?;
+        record.promote(state);
+        // Only now that the key exchange decrypted: delete the pre-key and publish a replacement.
+        let mut fresh = store.account()?.ok_or(SessionError::NoAccount)?;
+        changes.removed_pre_keys.push(pre_key_id);
+        changes.pre_keys.push(fresh.new_pre_key(rng));
+        changes.account = Some(fresh);
+        consumed_pre_key = Some(pre_key_id);
+        plaintext
     };
     changes.sessions.push((from.clone(), record));
-    Ok((DecryptedKey { plaintext: Zeroizing::new(plaintext), kex, identity, consumed_pre_key }, changes))
+    Ok((DecryptedKey { plaintext: Zeroizing::new(plaintext), kex: true, identity, consumed_pre_key }, changes))
+}
+
+fn decrypt_message(
+    store: &impl Store,
+    account: &Account,
+    from: &SessionAddress,
+    msg: &Incoming<'_>,
+    rng: &mut impl CryptoRngCore,
+) -> Result<(DecryptedKey, Changes), SessionError> {
+    let mut changes = Changes::default();
+    let mut record = store.session(from)?.unwrap_or_default();
+    let remote = record.remote_identity().ok_or(SessionError::NoSession)?;
+    let identity = check_identity(store, &mut changes, &from.jid, from.device, &remote)?;
+    if !identity.trust.may_decrypt() {
+        return Err(SessionError::Distrusted { jid: from.jid.clone(), device: from.device });
+    }
+    let plaintext = record.decrypt(&account.local_identity(), msg, rng)?;
+    changes.sessions.push((from.clone(), record));
+    Ok((DecryptedKey { plaintext: Zeroizing::new(plaintext), kex: false, identity, consumed_pre_key: None }, changes))
 }

@@ -9,14 +9,15 @@ use crate::{
     changes::{Changes, SessionAddress},
     error::StoreError,
     keys::{DeviceId, KeyPair, PrivateKey, PublicKey},
-    namespace::Namespace,
+    namespace::{Namespace, NamespaceSet},
     ratchet::SessionRecord,
     traits::*,
     trust::TrustLevel,
 };
 
 /// The migrations, in order. Index + 1 is the schema version each one produces.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/001_initial.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("migrations/001_initial.sql"), include_str!("migrations/002_account_namespaces.sql")];
 
 /// Store over a rusqlite connection. Tables are prefixed `omemo_`; the schema version is kept in
 /// `omemo_schema`.
@@ -113,7 +114,8 @@ impl<C: BorrowMut<Connection>> AccountStore for SqliteStore<C> {
         let row = self
             .c()
             .query_row(
-                "SELECT jid, device_id, identity_private, next_pre_key_id, next_signed_pre_key_id FROM omemo_account",
+                "SELECT jid, device_id, identity_private, next_pre_key_id, next_signed_pre_key_id, namespaces \
+                 FROM omemo_account",
                 [],
                 |r| {
                     Ok((
@@ -122,20 +124,24 @@ impl<C: BorrowMut<Connection>> AccountStore for SqliteStore<C> {
                         r.get::<_, Vec<u8>>(2)?,
                         r.get::<_, i64>(3)?,
                         r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((jid, device, secret, next_pk, next_spk)) = row else {
+        let Some((jid, device, secret, next_pk, next_spk, ns)) = row else {
             return Ok(None);
         };
-        Ok(Some(Account {
+        let namespaces =
+            u8::try_from(ns).ok().and_then(NamespaceSet::from_bits).ok_or(StoreError::Corrupt("account namespaces"))?;
+        Ok(Some(Account::new(
             jid,
-            device_id: u32_of(device, "device id")?,
-            identity: Account::identity_from_secret(key32(secret, "identity key")?),
-            next_pre_key_id: u32_of(next_pk, "pre-key counter")?,
-            next_signed_pre_key_id: u32_of(next_spk, "signed pre-key counter")?,
-        }))
+            u32_of(device, "device id")?,
+            Account::identity_from_secret(key32(secret, "identity key")?),
+            u32_of(next_pk, "pre-key counter")?,
+            u32_of(next_spk, "signed pre-key counter")?,
+            namespaces,
+        )))
     }
 }
 
@@ -265,8 +271,15 @@ impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
         let tx = self.conn.borrow_mut().transaction()?;
         if let Some(a) = account {
             tx.execute(
-                "INSERT OR REPLACE INTO omemo_account (id, jid, device_id, identity_private, next_pre_key_id, next_signed_pre_key_id) VALUES (1, ?1, ?2, ?3, ?4, ?5)",
-                params![a.jid, a.device_id, &a.identity.private.as_bytes()[..], a.next_pre_key_id, a.next_signed_pre_key_id],
+                "INSERT OR REPLACE INTO omemo_account (id, jid, device_id, identity_private, next_pre_key_id, next_signed_pre_key_id, namespaces) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    a.jid,
+                    a.device_id,
+                    &a.identity.private.as_bytes()[..],
+                    a.next_pre_key_id,
+                    a.next_signed_pre_key_id,
+                    a.namespaces.bits()
+                ],
             )?;
         }
         {

@@ -3,66 +3,71 @@
 
 use rand_chacha::{rand_core::SeedableRng, ChaCha20Rng};
 
-use crate::*;
+use crate::{namespace::NamespaceSet, *};
 
 /// Two devices in stores made by `$make`.
 pub(crate) struct Pair<S: Store> {
     pub a: S,
     pub b: S,
     pub rng: ChaCha20Rng,
+    pub ns: Namespace,
 }
 
 impl<S: Store> Pair<S> {
-    pub fn new(mut make: impl FnMut() -> S, seed: u64) -> Self {
+    pub fn new(make: impl FnMut() -> S, seed: u64) -> Self {
+        Self::new_ns(make, seed, Namespace::Oldmemo)
+    }
+    pub fn new_ns(mut make: impl FnMut() -> S, seed: u64, ns: Namespace) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let mut a = make();
-        a.apply(&Account::create("alice@example.org", &[], 1000, &mut rng)).unwrap();
+        a.apply(&Account::create("alice@example.org", NamespaceSet::BOTH, &[], 1000, &mut rng)).unwrap();
         let mut b = make();
-        b.apply(&Account::create("bob@example.org", &[], 1000, &mut rng)).unwrap();
-        Self { a, b, rng }
+        b.apply(&Account::create("bob@example.org", NamespaceSet::BOTH, &[], 1000, &mut rng)).unwrap();
+        Self { a, b, rng, ns }
     }
     fn acc(s: &S) -> Account {
         s.account().unwrap().unwrap()
     }
-    pub fn addr_of(s: &S) -> SessionAddress {
+    pub fn addr_in(s: &S, ns: Namespace) -> SessionAddress {
         let acc = Self::acc(s);
-        SessionAddress::new(Namespace::Oldmemo, acc.jid, acc.device_id)
+        SessionAddress::new(ns, acc.jid, acc.device_id)
     }
     /// A starts a session with B from B's bundle.
     pub fn start(&mut self) {
-        let to_b = Self::addr_of(&self.b);
-        let bundle = account::own_bundle(&self.b).unwrap();
+        let to_b = Self::addr_in(&self.b, self.ns);
+        let bundle = account::own_bundle_for(&self.b, self.ns).unwrap();
         let mut ch = Changes::default();
         session::initiate(&self.a, &Self::acc(&self.a), &to_b, &bundle, &mut ch, &mut self.rng).unwrap();
         self.a.apply(&ch).unwrap();
     }
-    pub fn enc(from: &mut S, to: &S, pt: &[u8]) -> session::EncryptedKey {
+    pub fn enc(from: &mut S, to: &S, ns: Namespace, pt: &[u8]) -> session::EncryptedKey {
         let mut ch = Changes::default();
-        let k = session::encrypt(from, &Self::acc(from), &Self::addr_of(to), pt, &mut ch).unwrap();
+        let k = session::encrypt(from, &Self::acc(from), &Self::addr_in(to, ns), pt, &mut ch).unwrap();
         from.apply(&ch).unwrap();
         k
     }
     pub fn dec(
         to: &mut S,
         from: &S,
+        ns: Namespace,
         data: &[u8],
         rng: &mut ChaCha20Rng,
     ) -> Result<session::DecryptedKey, SessionError> {
-        let (out, ch) = session::decrypt(to, &Self::acc(to), &Self::addr_of(from), data, rng)?;
+        let (out, ch) = session::decrypt(to, &Self::acc(to), &Self::addr_in(from, ns), data, rng)?;
         to.apply(&ch).unwrap();
         Ok(out)
     }
     pub fn a_to_b(&mut self, pt: &[u8]) -> session::EncryptedKey {
-        Self::enc(&mut self.a, &self.b, pt)
+        Self::enc(&mut self.a, &self.b, self.ns, pt)
     }
     pub fn b_to_a(&mut self, pt: &[u8]) -> session::EncryptedKey {
-        Self::enc(&mut self.b, &self.a, pt)
+        Self::enc(&mut self.b, &self.a, self.ns, pt)
     }
     pub fn b_reads(&mut self, data: &[u8]) -> Result<session::DecryptedKey, SessionError> {
-        Self::dec(&mut self.b, &self.a, data, &mut self.rng)
+        Self::dec(&mut self.b, &self.a, self.ns, data, &mut self.rng)
     }
     pub fn a_reads(&mut self, data: &[u8]) -> Result<session::DecryptedKey, SessionError> {
-        Self::dec(&mut self.a, &self.b, data, &mut self.rng)
+        Self::dec(&mut self.a, &self.b, self.ns, data, &mut self.rng)
     }
 }
 
@@ -74,12 +79,17 @@ macro_rules! store_conformance_tests {
             Pair::new($make, seed)
         }
 
+        /// One pair per namespace: the session scenarios run in both.
+        fn pairs(seed: u64) -> [Pair<$ty>; 2] {
+            [Pair::new_ns($make, seed, Namespace::Oldmemo), Pair::new_ns($make, seed, Namespace::Twomemo)]
+        }
+
         #[test]
         fn account_and_bundle() {
             let p = pair(1);
             let acc = p.a.account().unwrap().unwrap();
             assert!(keys::valid_device_id(acc.device_id));
-            let bundle = account::own_bundle(&p.a).unwrap();
+            let bundle = account::own_bundle_for(&p.a, p.ns).unwrap();
             assert_eq!(bundle.pre_keys.len(), 100);
             assert_eq!(bundle.pre_keys.iter().map(|k| k.0).collect::<Vec<_>>(), (1..=100).collect::<Vec<_>>());
             bundle.verify_0_3().unwrap();
@@ -89,118 +99,125 @@ macro_rules! store_conformance_tests {
 
         #[test]
         fn conversation_with_ratchet_turns_and_pre_key_life_cycle() {
-            let mut p = pair(2);
-            p.start();
-            let first = p.a_to_b(b"m0");
-            assert!(first.kex);
-            let second = p.a_to_b(b"m1");
-            assert!(second.kex, "key exchange repeated until the peer answers");
-            let out = p.b_reads(&first.data).unwrap();
-            assert!(out.kex);
-            let used = out.consumed_pre_key.unwrap();
-            assert!(p.b.pre_key(used).unwrap().is_none(), "consumed pre-key deleted");
-            assert_eq!(p.b.pre_keys().unwrap().len(), 100, "refilled");
-            assert!(p.b.pre_key(101).unwrap().is_some(), "replacement has a fresh id");
-            assert_eq!(&p.b_reads(&second.data).unwrap().plaintext[..], b"m1");
-            // Conversation, both ways, with turns and runs.
-            for round in 0..12u8 {
-                let k = p.b_to_a(&[round]);
-                assert!(!k.kex);
-                assert_eq!(&p.a_reads(&k.data).unwrap().plaintext[..], &[round]);
-                for j in 0..(round % 3) {
-                    let k = p.a_to_b(&[round, j]);
-                    assert!(!k.kex, "no key exchange after the answer");
-                    assert_eq!(&p.b_reads(&k.data).unwrap().plaintext[..], &[round, j]);
+            for mut p in pairs(2) {
+                p.start();
+                let first = p.a_to_b(b"m0");
+                assert!(first.kex);
+                let second = p.a_to_b(b"m1");
+                assert!(second.kex, "key exchange repeated until the peer answers");
+                let out = p.b_reads(&first.data).unwrap();
+                assert!(out.kex);
+                let used = out.consumed_pre_key.unwrap();
+                assert!(p.b.pre_key(used).unwrap().is_none(), "consumed pre-key deleted");
+                assert_eq!(p.b.pre_keys().unwrap().len(), 100, "refilled");
+                assert!(p.b.pre_key(101).unwrap().is_some(), "replacement has a fresh id");
+                assert_eq!(&p.b_reads(&second.data).unwrap().plaintext[..], b"m1");
+                // Conversation, both ways, with turns and runs.
+                for round in 0..12u8 {
+                    let k = p.b_to_a(&[round]);
+                    assert!(!k.kex);
+                    assert_eq!(&p.a_reads(&k.data).unwrap().plaintext[..], &[round]);
+                    for j in 0..(round % 3) {
+                        let k = p.a_to_b(&[round, j]);
+                        assert!(!k.kex, "no key exchange after the answer");
+                        assert_eq!(&p.b_reads(&k.data).unwrap().plaintext[..], &[round, j]);
+                    }
                 }
             }
         }
 
         #[test]
         fn out_of_order_replay_and_tamper() {
-            let mut p = pair(3);
-            p.start();
-            let msgs: Vec<_> = (0..6u8).map(|i| p.a_to_b(&[i; 32])).collect();
-            for i in [2usize, 0, 5, 1, 4, 3] {
-                assert_eq!(&p.b_reads(&msgs[i].data).unwrap().plaintext[..], &[i as u8; 32]);
+            for mut p in pairs(3) {
+                p.start();
+                let msgs: Vec<_> = (0..6u8).map(|i| p.a_to_b(&[i; 32])).collect();
+                for i in [2usize, 0, 5, 1, 4, 3] {
+                    assert_eq!(&p.b_reads(&msgs[i].data).unwrap().plaintext[..], &[i as u8; 32]);
+                }
+                for m in &msgs {
+                    assert!(matches!(p.b_reads(&m.data), Err(SessionError::Duplicate { .. })));
+                }
+                let k = p.b_to_a(b"x");
+                let mut bad = k.data.clone();
+                let n = bad.len();
+                bad[n - 12] ^= 1;
+                let before = p.a.session(&Pair::<_>::addr_in(&p.b, p.ns)).unwrap().unwrap().to_bytes();
+                assert!(matches!(p.a_reads(&bad), Err(SessionError::BadMac)));
+                let after = p.a.session(&Pair::<_>::addr_in(&p.b, p.ns)).unwrap().unwrap().to_bytes();
+                assert_eq!(before, after, "a refused message leaves the session as it was");
+                assert_eq!(&p.a_reads(&k.data).unwrap().plaintext[..], b"x");
+                // Old chain messages after a turn: A sends on a new chain, the late one of the old still decrypts.
+                let late = p.b_to_a(b"late");
+                let k2 = p.a_to_b(b"new chain");
+                p.b_reads(&k2.data).unwrap();
+                let k3 = p.b_to_a(b"after");
+                p.a_reads(&k3.data).unwrap();
+                assert_eq!(&p.a_reads(&late.data).unwrap().plaintext[..], b"late");
             }
-            for m in &msgs {
-                assert!(matches!(p.b_reads(&m.data), Err(SessionError::Duplicate { .. })));
-            }
-            let k = p.b_to_a(b"x");
-            let mut bad = k.data.clone();
-            let n = bad.len();
-            bad[n - 12] ^= 1;
-            let before = p.a.session(&Pair::<_>::addr_of(&p.b)).unwrap().unwrap().to_bytes();
-            assert!(matches!(p.a_reads(&bad), Err(SessionError::BadMac)));
-            let after = p.a.session(&Pair::<_>::addr_of(&p.b)).unwrap().unwrap().to_bytes();
-            assert_eq!(before, after, "a refused message leaves the session as it was");
-            assert_eq!(&p.a_reads(&k.data).unwrap().plaintext[..], b"x");
-            // Old chain messages after a turn: A sends on a new chain, the late one of the old still decrypts.
-            let late = p.b_to_a(b"late");
-            let k2 = p.a_to_b(b"new chain");
-            p.b_reads(&k2.data).unwrap();
-            let k3 = p.b_to_a(b"after");
-            p.a_reads(&k3.data).unwrap();
-            assert_eq!(&p.a_reads(&late.data).unwrap().plaintext[..], b"late");
         }
 
         #[test]
         fn gap_bound() {
-            let mut p = pair(4);
-            p.start();
-            let first = p.a_to_b(b"0");
-            p.b_reads(&first.data).unwrap();
-            for _ in 0..MAX_GAP_TEST {
-                p.a_to_b(b"lost");
+            for mut p in pairs(4) {
+                p.start();
+                let first = p.a_to_b(b"0");
+                p.b_reads(&first.data).unwrap();
+                for _ in 0..MAX_GAP_TEST {
+                    p.a_to_b(b"lost");
+                }
+                let far = p.a_to_b(b"far");
+                assert!(matches!(p.b_reads(&far.data), Err(SessionError::TooFarAhead { .. })));
             }
-            let far = p.a_to_b(b"far");
-            assert!(matches!(p.b_reads(&far.data), Err(SessionError::TooFarAhead { .. })));
         }
 
         #[test]
         fn identity_change_is_reported_and_distrust_refuses() {
-            let mut p = pair(5);
-            p.start();
-            let k = p.a_to_b(b"hi");
-            let out = p.b_reads(&k.data).unwrap();
-            assert_eq!(out.identity.trust, TrustLevel::Blind);
-            assert_eq!(out.identity.changed_from, None);
-            let alice_addr = Pair::<_>::addr_of(&p.a);
-            let old_key = out.identity.key;
-            // Alice's device gets a new identity (reinstalled with the same device id).
-            let mut fresh = Account::create("alice@example.org", &[], 2000, &mut p.rng);
-            let acc = fresh.account.as_mut().unwrap();
-            acc.device_id = alice_addr.device;
-            let mut a2 = $make();
-            a2.apply(&fresh).unwrap();
-            let to_b = Pair::<_>::addr_of(&p.b);
-            let mut ch = Changes::default();
-            session::initiate(
-                &a2,
-                &a2.account().unwrap().unwrap(),
-                &to_b,
-                &account::own_bundle(&p.b).unwrap(),
-                &mut ch,
-                &mut p.rng,
-            )
-            .unwrap();
-            a2.apply(&ch).unwrap();
-            let k2 = Pair::enc(&mut a2, &p.b, b"new me");
-            let out2 = Pair::dec(&mut p.b, &a2, &k2.data, &mut p.rng).unwrap();
-            assert_eq!(out2.identity.changed_from, Some(old_key));
-            assert_ne!(out2.identity.key, old_key);
-            // Distrusting the new key refuses its messages and changes nothing.
-            let mut ch = Changes::default();
-            ch.trust.push((alice_addr.jid.clone(), out2.identity.key, TrustLevel::Distrusted));
-            p.b.apply(&ch).unwrap();
-            let k3 = Pair::enc(&mut a2, &p.b, b"again");
-            assert!(matches!(Pair::dec(&mut p.b, &a2, &k3.data, &mut p.rng), Err(SessionError::Distrusted { .. })));
-            // And we refuse to encrypt to it.
-            let mut ch = Changes::default();
-            assert!(matches!(
-                session::encrypt(&p.b, &p.b.account().unwrap().unwrap(), &alice_addr, b"x", &mut ch),
-                Err(SessionError::Untrusted { .. })
-            ));
+            for mut p in pairs(5) {
+                p.start();
+                let k = p.a_to_b(b"hi");
+                let out = p.b_reads(&k.data).unwrap();
+                assert_eq!(out.identity.trust, TrustLevel::Blind);
+                assert_eq!(out.identity.changed_from, None);
+                let alice_addr = Pair::<_>::addr_in(&p.a, p.ns);
+                let old_key = out.identity.key;
+                // Alice's device gets a new identity (reinstalled with the same device id).
+                let mut fresh = Account::create("alice@example.org", NamespaceSet::BOTH, &[], 2000, &mut p.rng);
+                let acc = fresh.account.as_mut().unwrap();
+                acc.device_id = alice_addr.device;
+                let mut a2 = $make();
+                a2.apply(&fresh).unwrap();
+                let to_b = Pair::<_>::addr_in(&p.b, p.ns);
+                let mut ch = Changes::default();
+                session::initiate(
+                    &a2,
+                    &a2.account().unwrap().unwrap(),
+                    &to_b,
+                    &account::own_bundle_for(&p.b, p.ns).unwrap(),
+                    &mut ch,
+                    &mut p.rng,
+                )
+                .unwrap();
+                a2.apply(&ch).unwrap();
+                let k2 = Pair::enc(&mut a2, &p.b, p.ns, b"new me");
+                let out2 = Pair::dec(&mut p.b, &a2, p.ns, &k2.data, &mut p.rng).unwrap();
+                assert_eq!(out2.identity.changed_from, Some(old_key));
+                assert_ne!(out2.identity.key, old_key);
+                // Distrusting the new key refuses its messages and changes nothing.
+                let mut ch = Changes::default();
+                ch.trust.push((alice_addr.jid.clone(), out2.identity.key, TrustLevel::Distrusted));
+                p.b.apply(&ch).unwrap();
+                let k3 = Pair::enc(&mut a2, &p.b, p.ns, b"again");
+                assert!(matches!(
+                    Pair::dec(&mut p.b, &a2, p.ns, &k3.data, &mut p.rng),
+                    Err(SessionError::Distrusted { .. })
+                ));
+                // And we refuse to encrypt to it.
+                let mut ch = Changes::default();
+                assert!(matches!(
+                    session::encrypt(&p.b, &p.b.account().unwrap().unwrap(), &alice_addr, b"x", &mut ch),
+                    Err(SessionError::Untrusted { .. })
+                ));
+            }
         }
 
         #[test]
@@ -221,25 +238,26 @@ macro_rules! store_conformance_tests {
 
         #[test]
         fn simultaneous_initiation_loses_nothing() {
-            let mut p = pair(7);
-            // Both start at once.
-            p.start();
-            let to_a = Pair::<_>::addr_of(&p.a);
-            let bundle = account::own_bundle(&p.a).unwrap();
-            let mut ch = Changes::default();
-            session::initiate(&p.b, &p.b.account().unwrap().unwrap(), &to_a, &bundle, &mut ch, &mut p.rng).unwrap();
-            p.b.apply(&ch).unwrap();
-            let from_a = p.a_to_b(b"a1");
-            let from_b = p.b_to_a(b"b1");
-            assert!(from_a.kex && from_b.kex);
-            assert_eq!(&p.b_reads(&from_a.data).unwrap().plaintext[..], b"a1");
-            assert_eq!(&p.a_reads(&from_b.data).unwrap().plaintext[..], b"b1");
-            // Each side now encrypts on the session it received; the other side finds it among its states.
-            for i in 0..4u8 {
-                let k = p.a_to_b(&[i]);
-                assert_eq!(&p.b_reads(&k.data).unwrap().plaintext[..], &[i]);
-                let k = p.b_to_a(&[i]);
-                assert_eq!(&p.a_reads(&k.data).unwrap().plaintext[..], &[i]);
+            for mut p in pairs(7) {
+                // Both start at once.
+                p.start();
+                let to_a = Pair::<_>::addr_in(&p.a, p.ns);
+                let bundle = account::own_bundle_for(&p.a, p.ns).unwrap();
+                let mut ch = Changes::default();
+                session::initiate(&p.b, &p.b.account().unwrap().unwrap(), &to_a, &bundle, &mut ch, &mut p.rng).unwrap();
+                p.b.apply(&ch).unwrap();
+                let from_a = p.a_to_b(b"a1");
+                let from_b = p.b_to_a(b"b1");
+                assert!(from_a.kex && from_b.kex);
+                assert_eq!(&p.b_reads(&from_a.data).unwrap().plaintext[..], b"a1");
+                assert_eq!(&p.a_reads(&from_b.data).unwrap().plaintext[..], b"b1");
+                // Each side now encrypts on the session it received; the other side finds it among its states.
+                for i in 0..4u8 {
+                    let k = p.a_to_b(&[i]);
+                    assert_eq!(&p.b_reads(&k.data).unwrap().plaintext[..], &[i]);
+                    let k = p.b_to_a(&[i]);
+                    assert_eq!(&p.a_reads(&k.data).unwrap().plaintext[..], &[i]);
+                }
             }
         }
 
@@ -270,22 +288,23 @@ macro_rules! store_conformance_tests {
 
         #[test]
         fn record_size_and_round_trip() {
-            let mut p = pair(11);
-            p.start();
-            for i in 0..3u8 {
-                let k = p.a_to_b(&[i]);
-                p.b_reads(&k.data).unwrap();
-                let k = p.b_to_a(&[i]);
-                p.a_reads(&k.data).unwrap();
+            for mut p in pairs(11) {
+                p.start();
+                for i in 0..3u8 {
+                    let k = p.a_to_b(&[i]);
+                    p.b_reads(&k.data).unwrap();
+                    let k = p.b_to_a(&[i]);
+                    p.a_reads(&k.data).unwrap();
+                }
+                let rec = p.a.session(&Pair::<_>::addr_in(&p.b, p.ns)).unwrap().unwrap();
+                let bytes = rec.to_bytes();
+                assert!(bytes.len() <= 400, "record is {} bytes", bytes.len());
+                assert_eq!(SessionRecord::from_bytes(&bytes).unwrap().to_bytes(), bytes);
+                for cut in 0..bytes.len() {
+                    let _ = SessionRecord::from_bytes(&bytes[..cut]);
+                }
+                assert!(SessionRecord::from_bytes(&[0xFF; 40]).is_err());
             }
-            let rec = p.a.session(&Pair::<_>::addr_of(&p.b)).unwrap().unwrap();
-            let bytes = rec.to_bytes();
-            assert!(bytes.len() <= 400, "record is {} bytes", bytes.len());
-            assert_eq!(SessionRecord::from_bytes(&bytes).unwrap().to_bytes(), bytes);
-            for cut in 0..bytes.len() {
-                let _ = SessionRecord::from_bytes(&bytes[..cut]);
-            }
-            assert!(SessionRecord::from_bytes(&[0xFF; 40]).is_err());
         }
 
         #[test]
@@ -328,7 +347,7 @@ mod sqlite_store {
         let mut p = pair(20);
         p.start();
         let k = p.a_to_b(b"x");
-        let addr = Pair::<_>::addr_of(&p.a);
+        let addr = Pair::<_>::addr_in(&p.a, p.ns);
         // Make the session insert fail after the pre-key deletion: nothing at all may change.
         let (_, mut ch) = session::decrypt(&p.b, &p.b.account().unwrap().unwrap(), &addr, &k.data, &mut p.rng).unwrap();
         let removed = ch.removed_pre_keys[0];
@@ -345,8 +364,8 @@ mod sqlite_store {
         let _ = std::fs::remove_file(&dir);
         {
             let mut s = SqliteStore::open(&dir).unwrap();
-            s.apply(&Account::create("a@b", &[], 0, &mut ChaCha20Rng::seed_from_u64(1))).unwrap();
-            assert_eq!(s.schema_version().unwrap(), 1);
+            s.apply(&Account::create("a@b", NamespaceSet::BOTH, &[], 0, &mut ChaCha20Rng::seed_from_u64(1))).unwrap();
+            assert_eq!(s.schema_version().unwrap(), 2);
         }
         let s = SqliteStore::open(&dir).unwrap();
         assert_eq!(s.account().unwrap().unwrap().jid, "a@b");
@@ -354,6 +373,25 @@ mod sqlite_store {
         conn.execute("UPDATE omemo_schema SET version = 99", []).unwrap();
         assert!(matches!(SqliteStore::new(conn), Err(StoreError::SchemaTooNew { found: 99, .. })));
         let _ = std::fs::remove_file(&dir);
+    }
+
+    /// A database written by schema version 1 (the first release) opens, migrates and keeps its data.
+    #[test]
+    fn schema_1_database_still_loads() {
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/v1-conversation/bob.sqlite3");
+        let path = std::env::temp_dir().join(format!("omemo-store-v1-{}.sqlite3", std::process::id()));
+        std::fs::copy(fixture, &path).unwrap();
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let acc = s.account().unwrap().unwrap();
+        assert_eq!(acc.jid, "bob@example.org");
+        assert_eq!(acc.namespaces, NamespaceSet::OLDMEMO, "schema-1 devices spoke OMEMO 0.3 only");
+        assert_eq!(s.pre_keys().unwrap().len(), 100);
+        let peers = s.session_devices(Namespace::Oldmemo, "alice@example.org").unwrap();
+        assert_eq!(peers.len(), 1);
+        let rec = s.session(&SessionAddress::new(Namespace::Oldmemo, "alice@example.org", peers[0])).unwrap().unwrap();
+        assert!(rec.has_current());
+        let _ = std::fs::remove_file(&path);
     }
 }
 
@@ -367,7 +405,7 @@ fn debug_output_has_no_secret_bytes() {
     let acc = p.a.account().unwrap().unwrap();
     let spk = p.a.signed_pre_keys().unwrap().remove(0);
     let pk = p.a.pre_keys().unwrap().remove(0);
-    let rec = p.a.session(&Pair::<MemoryStore>::addr_of(&p.b)).unwrap().unwrap();
+    let rec = p.a.session(&Pair::<MemoryStore>::addr_in(&p.b, p.ns)).unwrap().unwrap();
     let secrets: Vec<[u8; 32]> =
         vec![*acc.identity.private.as_bytes(), *spk.key_pair.private.as_bytes(), *pk.key_pair.private.as_bytes()];
     let debug = format!("{acc:?} {spk:?} {pk:?} {rec:?} {out:?} {:?} {:?}", p.a, acc.identity);

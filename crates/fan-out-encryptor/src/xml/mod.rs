@@ -1,7 +1,9 @@
 //! OMEMO XML: device lists, bundles and `<encrypted>` elements, and the `<message>` around them.
 
+pub mod sce;
 pub mod stanza;
 pub mod v0_3;
+pub mod v2;
 
 use minidom::Element;
 

@@ -58,6 +58,7 @@ pub fn parse_bundle(elem: &Element) -> Result<PreKeyBundle, XmlError> {
     }
     Ok(PreKeyBundle {
         identity_key: key("identityKey", &ik.data)?,
+        identity_key_ed25519: None,
         // Conversations always writes the id; a missing one is read as 0, which python-omemo does too.
         signed_pre_key_id: spk.signed_pre_key_id.unwrap_or(0),
         signed_pre_key: key("signedPreKeyPublic", &spk.data)?,

@@ -4,6 +4,6 @@ pub mod keys;
 mod state;
 
 #[cfg(test)]
-pub(crate) use state::{open_0_3, seal_0_3};
-pub(crate) use state::{PendingKeyExchange, ReceiverChain, SessionState};
-pub use state::{SessionRecord, MAX_ARCHIVED_STATES, MAX_MESSAGE_GAP, MAX_SKIPPED_KEYS};
+pub(crate) use state::{open_0_3, open_v2, seal_0_3, seal_v2};
+pub(crate) use state::{Incoming, PendingKeyExchange, ReceiverChain, SessionState};
+pub use state::{LocalIdentity, SessionRecord, MAX_ARCHIVED_STATES, MAX_MESSAGE_GAP, MAX_SKIPPED_KEYS};

@@ -5,7 +5,6 @@
 
 use std::{collections::VecDeque, fmt};
 
-use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use rand_core::CryptoRngCore;
 
 use super::keys::{hmac_sha256, ChainKey, MessageKeySeed, MessageKeys, RootKey};
@@ -13,7 +12,11 @@ use crate::{
     error::SessionError,
     keys::{ct_eq, KeyPair, PublicKey},
     namespace::Namespace,
-    wire::v0_3::{PreKeySignalMessage, SignalMessage, MAC_LEN},
+    primitives::{aes256_cbc_decrypt, aes256_cbc_encrypt},
+    wire::{
+        v0_3::{self, PreKeySignalMessage, SignalMessage},
+        v2::{self, AuthenticatedMessage, KeyExchange},
+    },
 };
 
 /// Skipped message keys kept per session; when full, the oldest is evicted. python-omemo keeps 1000 too,
@@ -29,8 +32,66 @@ pub const MAX_MESSAGE_GAP: u32 = 1000;
 /// libsignal keeps 40; a handful covers the real race while keeping records small.
 pub const MAX_ARCHIVED_STATES: usize = 5;
 
-type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
-type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
+/// Our identity key in both encodings: Curve25519 (0.3, and every agreement) and Ed25519 (OMEMO 2's
+/// `<ik>` and associated data). Computed once per account, passed to every ratchet operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalIdentity {
+    /// Curve25519 form.
+    pub curve: PublicKey,
+    /// Ed25519 form (sign bit 0, as XEdDSA signs).
+    pub ed25519: [u8; 32],
+}
+
+/// A received ratchet message of either namespace, as the Double Ratchet sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Incoming<'a> {
+    pub(crate) ratchet_key: PublicKey,
+    pub(crate) counter: u32,
+    pub(crate) previous_counter: u32,
+    pub(crate) ciphertext: &'a [u8],
+    pub(crate) authenticated: &'a [u8],
+    pub(crate) mac: &'a [u8],
+}
+
+impl<'a> From<&'a SignalMessage> for Incoming<'a> {
+    fn from(m: &'a SignalMessage) -> Self {
+        Self {
+            ratchet_key: m.ratchet_key,
+            counter: m.counter,
+            previous_counter: m.previous_counter,
+            ciphertext: &m.ciphertext,
+            authenticated: &m.authenticated,
+            mac: &m.mac,
+        }
+    }
+}
+
+impl<'a> From<&'a AuthenticatedMessage> for Incoming<'a> {
+    fn from(m: &'a AuthenticatedMessage) -> Self {
+        Self {
+            ratchet_key: m.ratchet_key,
+            counter: m.counter,
+            previous_counter: m.previous_counter,
+            ciphertext: &m.ciphertext,
+            authenticated: &m.authenticated,
+            mac: &m.mac,
+        }
+    }
+}
+
+fn cbc_encrypt(keys: &MessageKeys, plaintext: &[u8]) -> Vec<u8> {
+    aes256_cbc_encrypt(&keys.cipher_key, &keys.iv, plaintext)
+}
+
+/// Checks `mac` against HMAC-SHA-256(mac_key, parts) truncated to its length (constant time), then
+/// decrypts the ciphertext.
+fn check_and_decrypt(keys: &MessageKeys, parts: &[&[u8]], msg: &Incoming<'_>) -> Result<Vec<u8>, SessionError> {
+    let mac = hmac_sha256(&keys.mac_key, parts);
+    if msg.mac.is_empty() || msg.mac.len() > mac.len() || !ct_eq(&mac[..msg.mac.len()], msg.mac) {
+        return Err(SessionError::BadMac);
+    }
+    aes256_cbc_decrypt(&keys.cipher_key, &keys.iv, msg.ciphertext).ok_or(SessionError::BadCiphertext)
+}
 
 /// Builds a SignalMessage: `0x33 ‖ proto ‖ HMAC(mac_key, sender_ik ‖ receiver_ik ‖ 0x33 ‖ proto)[..8]`, the
 /// ciphertext being AES-256-CBC/PKCS#7 under the message keys.
@@ -42,29 +103,47 @@ pub(crate) fn seal_0_3(
     receiver_identity: &PublicKey,
     plaintext: &[u8],
 ) -> Vec<u8> {
-    let ciphertext =
-        Aes256CbcEnc::new(&keys.cipher_key.into(), &keys.iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plaintext);
+    let ciphertext = cbc_encrypt(keys, plaintext);
     let mut msg = SignalMessage::encode_unauthenticated(ratchet, keys.counter, previous_counter, &ciphertext);
     let mac = hmac_sha256(&keys.mac_key, &[&sender_identity.serialize(), &receiver_identity.serialize(), &msg]);
-    msg.extend_from_slice(&mac[..MAC_LEN]);
+    msg.extend_from_slice(&mac[..v0_3::MAC_LEN]);
     msg
 }
 
-/// Checks a SignalMessage's MAC (constant time) and decrypts its ciphertext.
+/// Checks a SignalMessage's 8-byte MAC (sender ‖ receiver identities) and decrypts its ciphertext.
 pub(crate) fn open_0_3(
     keys: &MessageKeys,
     sender_identity: &PublicKey,
     receiver_identity: &PublicKey,
-    msg: &SignalMessage,
+    msg: &Incoming<'_>,
 ) -> Result<Vec<u8>, SessionError> {
-    let mac =
-        hmac_sha256(&keys.mac_key, &[&sender_identity.serialize(), &receiver_identity.serialize(), &msg.authenticated]);
-    if !ct_eq(&mac[..MAC_LEN], &msg.mac) {
+    if msg.mac.len() != v0_3::MAC_LEN {
         return Err(SessionError::BadMac);
     }
-    Aes256CbcDec::new(&keys.cipher_key.into(), &keys.iv.into())
-        .decrypt_padded_vec_mut::<Pkcs7>(&msg.ciphertext)
-        .map_err(|_| SessionError::BadCiphertext)
+    check_and_decrypt(keys, &[&sender_identity.serialize(), &receiver_identity.serialize(), msg.authenticated], msg)
+}
+
+/// Builds an OMEMOAuthenticatedMessage: `{mac = HMAC(mac_key, ad ‖ OMEMOMessage)[..16], message}` where
+/// `ad` = IK_initiator ‖ IK_responder (Ed25519).
+pub(crate) fn seal_v2(
+    keys: &MessageKeys,
+    ratchet: &PublicKey,
+    previous_counter: u32,
+    ad: &[u8; 64],
+    plaintext: &[u8],
+) -> Vec<u8> {
+    let ciphertext = cbc_encrypt(keys, plaintext);
+    let msg = AuthenticatedMessage::encode_message(ratchet, keys.counter, previous_counter, &ciphertext);
+    let mac = hmac_sha256(&keys.mac_key, &[ad, &msg]);
+    AuthenticatedMessage::encode(msg, &mac[..v2::MAC_LEN])
+}
+
+/// Checks an OMEMOAuthenticatedMessage's 16-byte MAC and decrypts its ciphertext.
+pub(crate) fn open_v2(keys: &MessageKeys, ad: &[u8; 64], msg: &Incoming<'_>) -> Result<Vec<u8>, SessionError> {
+    if msg.mac.len() != v2::MAC_LEN {
+        return Err(SessionError::BadMac);
+    }
+    check_and_decrypt(keys, &[ad, msg.authenticated], msg)
 }
 
 /// A receiving chain: the peer's ratchet key and our chain key for it.
@@ -84,7 +163,11 @@ pub(crate) struct PendingKeyExchange {
 /// One Double Ratchet session with one device.
 #[derive(Clone)]
 pub(crate) struct SessionState {
+    pub(crate) ns: Namespace,
     pub(crate) remote_identity: PublicKey,
+    /// The peer's identity key as it published it in Ed25519 form (OMEMO 2 only: the sign bit cannot be
+    /// recovered from the Curve25519 form, and the associated data needs it).
+    pub(crate) remote_identity_ed25519: Option<[u8; 32]>,
     pub(crate) initiator: bool,
     /// The initiator's X3DH ephemeral key: identifies the session a key exchange builds.
     pub(crate) base_key: PublicKey,
@@ -101,7 +184,9 @@ pub(crate) struct SessionState {
 impl fmt::Debug for SessionState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Self {
+            ns,
             remote_identity,
+            remote_identity_ed25519: _,
             initiator,
             base_key: _,
             root: _,
@@ -114,6 +199,7 @@ impl fmt::Debug for SessionState {
             pending,
         } = self;
         f.debug_struct("SessionState")
+            .field("ns", ns)
             .field("remote_identity", remote_identity)
             .field("initiator", initiator)
             .field("sent", &sender_chain.index())
@@ -170,39 +256,65 @@ fn key_on_chain(
 }
 
 impl SessionState {
-    /// Encrypts `plaintext` (the key material) as an OMEMO 0.3 key element. Advances the sending chain.
-    pub(crate) fn encrypt_0_3(&mut self, our_identity: &PublicKey, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
-        let keys = self.sender_chain.message_key_seed().expand(Namespace::Oldmemo);
+    /// OMEMO 2 associated data: initiator's ‖ responder's Ed25519 identity key, in both directions.
+    fn associated_v2(&self, our: &LocalIdentity) -> Result<[u8; 64], SessionError> {
+        let theirs =
+            self.remote_identity_ed25519.ok_or(SessionError::Internal("OMEMO 2 session without Ed25519 key"))?;
+        let (first, second) = if self.initiator { (our.ed25519, theirs) } else { (theirs, our.ed25519) };
+        let mut ad = [0u8; 64];
+        ad[..32].copy_from_slice(&first);
+        ad[32..].copy_from_slice(&second);
+        Ok(ad)
+    }
+
+    /// Encrypts `plaintext` (the key material) as a key element of the session's namespace, wrapped in the
+    /// key exchange while the peer has not answered. Advances the sending chain.
+    pub(crate) fn encrypt(&mut self, our: &LocalIdentity, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
+        let keys = self.sender_chain.message_key_seed().expand(self.ns);
         let next = self.sender_chain.next().ok_or(SessionError::Internal("sending chain exhausted"))?;
-        let msg = seal_0_3(
-            &keys,
-            &self.sender_ratchet.public,
-            self.previous_counter,
-            our_identity,
-            &self.remote_identity,
-            plaintext,
-        );
-        self.sender_chain = next;
-        Ok(match &self.pending {
-            Some(p) => PreKeySignalMessage {
-                pre_key_id: p.pre_key_id,
-                signed_pre_key_id: p.signed_pre_key_id,
-                base_key: self.base_key,
-                identity_key: *our_identity,
-                message: msg,
+        let ratchet = self.sender_ratchet.public;
+        let out = match self.ns {
+            Namespace::Oldmemo => {
+                let msg =
+                    seal_0_3(&keys, &ratchet, self.previous_counter, &our.curve, &self.remote_identity, plaintext);
+                match &self.pending {
+                    Some(p) => PreKeySignalMessage {
+                        pre_key_id: p.pre_key_id,
+                        signed_pre_key_id: p.signed_pre_key_id,
+                        base_key: self.base_key,
+                        identity_key: our.curve,
+                        message: msg,
+                    }
+                    .encode(),
+                    None => msg,
+                }
             }
-            .encode(),
-            None => msg,
-        })
+            Namespace::Twomemo => {
+                let ad = self.associated_v2(our)?;
+                let msg = seal_v2(&keys, &ratchet, self.previous_counter, &ad, plaintext);
+                match &self.pending {
+                    Some(p) => KeyExchange::encode(
+                        p.pre_key_id.ok_or(SessionError::Internal("OMEMO 2 key exchange without pre-key"))?,
+                        p.signed_pre_key_id,
+                        &our.ed25519,
+                        &self.base_key,
+                        &msg,
+                    )?,
+                    None => msg,
+                }
+            }
+        };
+        self.sender_chain = next;
+        Ok(out)
     }
 
     /// Finds (or derives) the key for `msg`, performing a DH ratchet step for a new ratchet key.
     fn message_key(
         &mut self,
-        msg: &SignalMessage,
+        msg: &Incoming<'_>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<MessageKeySeed, SessionError> {
-        let ns = Namespace::Oldmemo;
+        let ns = self.ns;
         if let Some(pos) = self.skipped.iter().position(|(r, s)| *r == msg.ratchet_key && s.counter == msg.counter) {
             return self.skipped.remove(pos).map(|(_, s)| s).ok_or(SessionError::Internal("skipped key vanished"));
         }
@@ -230,15 +342,19 @@ impl SessionState {
         Ok(seed)
     }
 
-    /// Decrypts an OMEMO 0.3 SignalMessage. Call on a copy: on error the copy is garbage.
-    pub(crate) fn decrypt_0_3(
+    /// Decrypts a ratchet message of the session's namespace. Call on a copy: on error the copy is
+    /// garbage.
+    pub(crate) fn decrypt(
         &mut self,
-        our_identity: &PublicKey,
-        msg: &SignalMessage,
+        our: &LocalIdentity,
+        msg: &Incoming<'_>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Vec<u8>, SessionError> {
-        let keys = self.message_key(msg, rng)?.expand(Namespace::Oldmemo);
-        let plaintext = open_0_3(&keys, &self.remote_identity, our_identity, msg)?;
+        let keys = self.message_key(msg, rng)?.expand(self.ns);
+        let plaintext = match self.ns {
+            Namespace::Oldmemo => open_0_3(&keys, &self.remote_identity, &our.curve, msg)?,
+            Namespace::Twomemo => open_v2(&keys, &self.associated_v2(our)?, msg)?,
+        };
         // The peer answered on this session: it has it, no more key exchanges needed.
         self.pending = None;
         Ok(plaintext)
@@ -282,10 +398,10 @@ impl SessionRecord {
 
     /// Encrypts `plaintext` (key material) for the peer on the current session, advancing its sending
     /// chain. Returns the key element bytes and whether they are a key exchange.
-    pub fn encrypt_0_3(&mut self, our_identity: &PublicKey, plaintext: &[u8]) -> Result<(Vec<u8>, bool), SessionError> {
+    pub fn encrypt(&mut self, our: &LocalIdentity, plaintext: &[u8]) -> Result<(Vec<u8>, bool), SessionError> {
         let state = self.current.as_mut().ok_or(SessionError::NoSession)?;
         let kex = state.pending.is_some();
-        Ok((state.encrypt_0_3(our_identity, plaintext)?, kex))
+        Ok((state.encrypt(our, plaintext)?, kex))
     }
 
     /// Makes `state` current, archiving the previous current state.
@@ -304,12 +420,12 @@ impl SessionRecord {
         self.archived.iter().position(|s| s.base_key == *base_key).map(Some)
     }
 
-    /// Decrypts a SignalMessage with the current state, then with the archived ones. On success the
+    /// Decrypts a ratchet message with the current state, then with the archived ones. On success the
     /// state that worked is advanced and made current; on failure `self` is unchanged.
-    pub(crate) fn decrypt_0_3(
+    pub(crate) fn decrypt(
         &mut self,
-        our_identity: &PublicKey,
-        msg: &SignalMessage,
+        our: &LocalIdentity,
+        msg: &Incoming<'_>,
         rng: &mut impl CryptoRngCore,
     ) -> Result<Vec<u8>, SessionError> {
         let mut first_err = None;
@@ -320,7 +436,7 @@ impl SessionRecord {
             };
             let Some(state) = state else { continue };
             let mut copy = state.clone();
-            match copy.decrypt_0_3(our_identity, msg, rng) {
+            match copy.decrypt(our, msg, rng) {
                 Ok(pt) => {
                     match idx {
                         None => self.current = Some(copy),

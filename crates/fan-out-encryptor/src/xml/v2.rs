@@ -1,0 +1,255 @@
+//! OMEMO 2 (`urn:xmpp:omemo:2`) elements, defined with the same `xso` derives `xmpp-parsers` uses.
+
+use minidom::Element;
+use session_store::{
+    keys::{ed25519_to_curve25519, valid_device_id},
+    DeviceId, PreKeyBundle, PublicKey,
+};
+use xso::{text::Base64, AsXml, FromXml};
+
+use super::strip_base64_whitespace;
+use crate::error::XmlError;
+
+/// The namespace.
+pub const NS: &str = "urn:xmpp:omemo:2";
+/// The device list PEP node (one item, id `current`).
+pub const DEVICES_NODE: &str = "urn:xmpp:omemo:2:devices";
+/// The bundles PEP node (one item per device, item id = device id; `max_items=max`).
+pub const BUNDLES_NODE: &str = "urn:xmpp:omemo:2:bundles";
+
+/// `<device id label? labelsig?>`.
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "device")]
+pub struct Device {
+    /// Device id.
+    #[xml(attribute)]
+    pub id: u32,
+    /// Optional label.
+    #[xml(attribute(default))]
+    pub label: Option<String>,
+    /// Signature of the label (base64), not checked here.
+    #[xml(attribute(default))]
+    pub labelsig: Option<String>,
+}
+
+/// `<devices>`: the device list.
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "devices")]
+pub struct Devices {
+    /// The devices.
+    #[xml(child(n = ..))]
+    pub devices: Vec<Device>,
+}
+
+/// `<spk id>`: the signed pre-key.
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "spk")]
+pub struct Spk {
+    /// Id.
+    #[xml(attribute)]
+    pub id: u32,
+    /// Raw 32-byte X25519 key.
+    #[xml(text = Base64)]
+    pub data: Vec<u8>,
+}
+
+/// `<spks>`: its signature.
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "spks")]
+pub struct Spks {
+    /// Ed25519 signature.
+    #[xml(text = Base64)]
+    pub data: Vec<u8>,
+}
+
+/// `<ik>`: the identity key (Ed25519).
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "ik")]
+pub struct Ik {
+    /// 32-byte Ed25519 key.
+    #[xml(text = Base64)]
+    pub data: Vec<u8>,
+}
+
+/// `<pk id>`: a one-time pre-key.
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "pk")]
+pub struct Pk {
+    /// Id.
+    #[xml(attribute)]
+    pub id: u32,
+    /// Raw 32-byte X25519 key.
+    #[xml(text = Base64)]
+    pub data: Vec<u8>,
+}
+
+/// `<prekeys>`.
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "prekeys")]
+pub struct Prekeys {
+    /// The pre-keys.
+    #[xml(child(n = ..))]
+    pub keys: Vec<Pk>,
+}
+
+/// `<bundle>`.
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "bundle")]
+pub struct Bundle {
+    /// Signed pre-key.
+    #[xml(child)]
+    pub spk: Spk,
+    /// Its signature.
+    #[xml(child)]
+    pub spks: Spks,
+    /// Identity key.
+    #[xml(child)]
+    pub ik: Ik,
+    /// One-time pre-keys.
+    #[xml(child)]
+    pub prekeys: Prekeys,
+}
+
+/// `<key rid kex?>`.
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "key")]
+pub struct Key {
+    /// Recipient device.
+    #[xml(attribute)]
+    pub rid: u32,
+    /// `true` (or `1`) on a key exchange; written only when true.
+    #[xml(attribute(default))]
+    pub kex: Option<bool>,
+    /// OMEMOKeyExchange or OMEMOAuthenticatedMessage.
+    #[xml(text = Base64)]
+    pub data: Vec<u8>,
+}
+
+impl Key {
+    /// Is this a key exchange, by its attribute?
+    pub fn is_kex(&self) -> bool {
+        self.kex == Some(true)
+    }
+}
+
+/// `<keys jid>`: the keys for one bare JID's devices.
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "keys")]
+pub struct Keys {
+    /// The recipient's bare JID.
+    #[xml(attribute)]
+    pub jid: String,
+    /// Its keys.
+    #[xml(child(n = ..))]
+    pub keys: Vec<Key>,
+}
+
+/// `<header sid>`.
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "header")]
+pub struct Header {
+    /// Sender device.
+    #[xml(attribute)]
+    pub sid: u32,
+    /// One `<keys>` per recipient JID.
+    #[xml(child(n = ..))]
+    pub keys: Vec<Keys>,
+}
+
+/// `<payload>`: the encrypted SCE envelope.
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "payload")]
+pub struct Payload {
+    /// AES-256-CBC ciphertext.
+    #[xml(text = Base64)]
+    pub data: Vec<u8>,
+}
+
+/// `<encrypted>`.
+#[derive(FromXml, AsXml, Debug, Clone, PartialEq)]
+#[xml(namespace = NS, name = "encrypted")]
+pub struct Encrypted {
+    /// The header.
+    #[xml(child)]
+    pub header: Header,
+    /// The payload; absent in empty (heartbeat, key transport) messages.
+    #[xml(child(default))]
+    pub payload: Option<Payload>,
+}
+
+impl Encrypted {
+    /// The key element for (`jid`, `device`), if any.
+    pub fn key_for(&self, jid: &str, device: DeviceId) -> Option<&Key> {
+        self.header.keys.iter().filter(|k| k.jid == jid).flat_map(|k| &k.keys).find(|k| k.rid == device)
+    }
+}
+
+fn invalid(element: &'static str, detail: impl ToString) -> XmlError {
+    XmlError::Invalid { element, detail: detail.to_string() }
+}
+
+/// Reads a `<devices>` list: valid ids, deduplicated, in order.
+pub fn parse_device_list(elem: &Element) -> Result<Vec<DeviceId>, XmlError> {
+    let list = Devices::try_from(elem.clone()).map_err(|e| invalid("devices", e))?;
+    let mut out: Vec<DeviceId> = Vec::with_capacity(list.devices.len());
+    for d in list.devices {
+        if valid_device_id(d.id) && !out.contains(&d.id) {
+            out.push(d.id);
+        }
+    }
+    Ok(out)
+}
+
+/// Builds a `<devices>` list (no labels).
+pub fn device_list(devices: &[DeviceId]) -> Element {
+    Devices { devices: devices.iter().map(|&id| Device { id, label: None, labelsig: None }).collect() }.into()
+}
+
+fn key32(what: &'static str, data: &[u8]) -> Result<[u8; 32], XmlError> {
+    data.try_into().map_err(|_| invalid(what, format!("{} bytes, expected 32", data.len())))
+}
+
+/// Reads a `<bundle>` (the signature is checked when a session is built).
+pub fn parse_bundle(elem: &Element) -> Result<PreKeyBundle, XmlError> {
+    let mut elem = elem.clone();
+    strip_base64_whitespace(&mut elem);
+    let b = Bundle::try_from(elem).map_err(|e| invalid("bundle", e))?;
+    let ik = key32("ik", &b.ik.data)?;
+    let mut pre_keys = Vec::with_capacity(b.prekeys.keys.len());
+    for pk in &b.prekeys.keys {
+        pre_keys.push((pk.id, PublicKey::from_bytes(key32("pk", &pk.data)?)));
+    }
+    if b.spks.data.len() != 64 {
+        return Err(invalid("spks", format!("{} bytes", b.spks.data.len())));
+    }
+    Ok(PreKeyBundle {
+        identity_key: ed25519_to_curve25519(&ik).map_err(|e| invalid("ik", e))?,
+        identity_key_ed25519: Some(ik),
+        signed_pre_key_id: b.spk.id,
+        signed_pre_key: PublicKey::from_bytes(key32("spk", &b.spk.data)?),
+        signed_pre_key_signature: b.spks.data,
+        pre_keys,
+    })
+}
+
+/// Builds a `<bundle>`; `None` when the bundle has no Ed25519 identity key (not an OMEMO 2 bundle).
+pub fn bundle(b: &PreKeyBundle) -> Option<Element> {
+    Some(
+        Bundle {
+            spk: Spk { id: b.signed_pre_key_id, data: b.signed_pre_key.as_bytes().to_vec() },
+            spks: Spks { data: b.signed_pre_key_signature.clone() },
+            ik: Ik { data: b.identity_key_ed25519?.to_vec() },
+            prekeys: Prekeys {
+                keys: b.pre_keys.iter().map(|(id, k)| Pk { id: *id, data: k.as_bytes().to_vec() }).collect(),
+            },
+        }
+        .into(),
+    )
+}
+
+/// Reads an `<encrypted>` element (base64 whitespace tolerated; `kex` may be `true` or `1`).
+pub fn parse_encrypted(elem: &Element) -> Result<Encrypted, XmlError> {
+    let mut elem = elem.clone();
+    strip_base64_whitespace(&mut elem);
+    Encrypted::try_from(elem).map_err(|e| invalid("encrypted", e))
+}
