@@ -72,6 +72,10 @@ impl<'a> Ours<'a> {
         me.ok(&["publish"], None);
         me
     }
+    /// A device whose store file already exists (no `init`).
+    pub fn existing(s: &'a Scratch, jid: &str, store: PathBuf) -> Self {
+        Self { s, jid: jid.into(), store }
+    }
     pub fn cmd(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut c = Command::new(env!("CARGO_BIN_EXE_omemo-muc"));
         c.arg("--store").arg(&self.store).arg("--jid").arg(&self.jid);
@@ -117,19 +121,32 @@ pub struct Oracle<'a> {
     pub s: &'a Scratch,
     pub jid: String,
     pub state: PathBuf,
+    /// `oldmemo`, `twomemo` or `both`.
+    pub ns: &'static str,
 }
 
 impl<'a> Oracle<'a> {
+    /// An OMEMO 0.3 oracle device.
     pub fn new(s: &'a Scratch, jid: &str, name: &str) -> Self {
+        Self::with_ns(s, jid, name, "oldmemo")
+    }
+
+    /// An oracle device speaking `ns` (`oldmemo`, `twomemo` or `both`).
+    pub fn with_ns(s: &'a Scratch, jid: &str, name: &str, ns: &'static str) -> Self {
         let path = oracle_path();
         assert!(
             path.exists(),
             "the oracle is missing at {} (set OMEMO_ORACLE, or run ../shared/oracle/setup.sh)",
             path.display()
         );
-        let me = Self { s, jid: jid.into(), state: s.dir.join(format!("{name}.json")) };
-        me.ok(&["init", "--ns", "oldmemo"], None);
+        let me = Self { s, jid: jid.into(), state: s.dir.join(format!("{name}.json")), ns };
+        me.ok(&["init", "--ns", ns], None);
         me
+    }
+
+    /// An oracle device whose state file already exists.
+    pub fn existing(s: &'a Scratch, jid: &str, state: PathBuf, ns: &'static str) -> Self {
+        Self { s, jid: jid.into(), state, ns }
     }
     pub fn cmd(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut c = Command::new(oracle_path());
@@ -151,7 +168,15 @@ impl<'a> Oracle<'a> {
         self.ok(&["fingerprint"], None)["device_id"].as_u64().unwrap()
     }
     pub fn encrypt(&self, to: &[&str], text: &str) -> String {
-        let o = self.cmd(&["encrypt", "--to", &to.join(","), "--ns", "oldmemo", "--plaintext", text], None);
+        self.encrypt_with(to, text, &[])
+    }
+    /// `encrypt` with extra oracle flags (`--room R`, `--sce-to J`, `--raw`, ...).
+    pub fn encrypt_with(&self, to: &[&str], text: &str, extra: &[&str]) -> String {
+        let ns = if self.ns == "both" { "auto" } else { self.ns };
+        let joined = to.join(",");
+        let mut args = vec!["encrypt", "--to", joined.as_str(), "--ns", ns, "--plaintext", text];
+        args.extend_from_slice(extra);
+        let o = self.cmd(&args, None);
         assert!(o.status.success(), "oracle encrypt failed: {}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap()
     }
@@ -166,9 +191,23 @@ impl<'a> Oracle<'a> {
     }
 }
 
+/// Copies a directory tree (fixtures into a scratch directory).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
 /// Flips one bit inside the base64 text of the first element named `tag` (keeping it valid base64).
 pub fn tamper(stanza: &str, tag: &str) -> String {
-    let open = stanza.find(&format!("<{tag}")).unwrap();
+    let open = [format!("<{tag} "), format!("<{tag}>")].iter().filter_map(|p| stanza.find(p.as_str())).min().unwrap();
     let start = open + stanza[open..].find('>').unwrap() + 1;
     let end = start + stanza[start..].find('<').unwrap();
     use base64::Engine as _;
