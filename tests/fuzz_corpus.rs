@@ -30,3 +30,8 @@ fn store_record_corpus() {
 fn omemo_xml_corpus() {
     replay("omemo_xml", fan_out_encryptor::fuzzing::omemo_xml);
 }
+
+#[test]
+fn sce_envelope_corpus() {
+    replay("sce_envelope", fan_out_encryptor::fuzzing::sce_envelope);
+}

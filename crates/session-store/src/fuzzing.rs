@@ -3,7 +3,10 @@
 
 use crate::{
     ratchet::SessionRecord,
-    wire::v0_3::{PreKeySignalMessage, SignalMessage},
+    wire::{
+        v0_3::{PreKeySignalMessage, SignalMessage},
+        v2::{AuthenticatedMessage, KeyExchange},
+    },
 };
 
 /// A key element as a SignalMessage and as a PreKeySignalMessage: errors are fine, panics are not, and
@@ -18,6 +21,20 @@ pub fn ratchet_message(data: &[u8]) {
     }
     if let Ok(k) = PreKeySignalMessage::parse(data) {
         assert_eq!(PreKeySignalMessage::parse(&k.encode()).ok(), Some(k));
+    }
+    // OMEMO 2: OMEMOAuthenticatedMessage and OMEMOKeyExchange.
+    if let Ok(m) = AuthenticatedMessage::parse(data) {
+        let again = AuthenticatedMessage::encode(
+            AuthenticatedMessage::encode_message(&m.ratchet_key, m.counter, m.previous_counter, &m.ciphertext),
+            &m.mac,
+        );
+        let m2 = AuthenticatedMessage::parse(&again);
+        assert!(matches!(m2, Ok(ref x) if x.counter == m.counter && x.ciphertext == m.ciphertext));
+    }
+    if let Ok(k) = KeyExchange::parse(data) {
+        let inner = AuthenticatedMessage::encode(k.message.authenticated.clone(), &k.message.mac);
+        let again = KeyExchange::encode(k.pre_key_id, k.signed_pre_key_id, &k.identity_key, &k.base_key, &inner);
+        assert!(matches!(again.as_deref().map(KeyExchange::parse), Ok(Ok(ref x)) if *x == k));
     }
 }
 

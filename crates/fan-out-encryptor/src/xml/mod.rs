@@ -46,3 +46,17 @@ pub(crate) fn strip_base64_whitespace(elem: &mut Element) {
         strip_base64_whitespace(child);
     }
 }
+
+/// Loads a captured stanza from `../shared/realworld/fixtures/` (for tests): the fixtures' XML comments
+/// (where it was captured, what was trimmed) are dropped; XMPP streams carry no comments.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+pub(crate) fn fixture(name: &str) -> Element {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/realworld/fixtures").join(name);
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    while let Some(start) = text.find("<!--") {
+        let end = text[start..].find("-->").map(|e| start + e + 3).unwrap_or(text.len());
+        text.replace_range(start..end, "");
+    }
+    parse_element(&text).unwrap()
+}

@@ -109,20 +109,11 @@ pub fn parse_encrypted(elem: &Element) -> Result<Encrypted, XmlError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::xml::{find_descendant, parse_element};
-
-    fn fixture(name: &str) -> Option<Element> {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/realworld/fixtures").join(name);
-        let text = std::fs::read_to_string(path).ok()?;
-        parse_element(&text).ok()
-    }
+    use crate::xml::{find_descendant, fixture, parse_element};
 
     #[test]
     fn real_bundle_and_device_list() {
-        let Some(stanza) = fixture("pep-oldmemo-bundle-fetch.recv.xml") else {
-            return;
-        };
+        let stanza = fixture("pep-oldmemo-bundle-fetch.recv.xml");
         let b = find_descendant(&stanza, "bundle", NS).unwrap();
         let parsed = parse_bundle(b).unwrap();
         assert_eq!(parsed.pre_keys.len(), 3);
@@ -130,11 +121,14 @@ mod tests {
         parsed.verify_0_3().unwrap();
         let again = parse_bundle(&bundle(&parsed)).unwrap();
         assert_eq!(again, parsed);
-        let Some(stanza) = fixture("pep-oldmemo-devicelist-fetch.recv.xml") else {
-            return;
-        };
+        let stanza = fixture("pep-oldmemo-devicelist-fetch.recv.xml");
         let l = find_descendant(&stanza, "list", NS).unwrap();
         assert!(!parse_device_list(l).unwrap().is_empty());
+        let m = fixture("muc-message-oldmemo.recv.xml");
+        let enc = parse_encrypted(find_descendant(&m, "encrypted", NS).unwrap()).unwrap();
+        assert_eq!(enc.header.keys.len(), 3);
+        assert!(enc.header.keys.iter().all(|k| k.prekey));
+        assert_eq!(enc.header.iv.data.len(), 12);
     }
 
     #[test]

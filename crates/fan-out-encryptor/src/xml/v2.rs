@@ -253,3 +253,49 @@ pub fn parse_encrypted(elem: &Element) -> Result<Encrypted, XmlError> {
     strip_base64_whitespace(&mut elem);
     Encrypted::try_from(elem).map_err(|e| invalid("encrypted", e))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::xml::{find_descendant, fixture, parse_element};
+
+    #[test]
+    fn real_bundle_device_list_and_message() {
+        let b = fixture("pep-twomemo-bundle-fetch.recv.xml");
+        let parsed = parse_bundle(find_descendant(&b, "bundle", NS).unwrap()).unwrap();
+        assert_eq!(parsed.pre_keys.len(), 3);
+        // slixmpp-omemo signed it with Ed25519; the trimmed fixture still verifies.
+        parsed.verify_v2().unwrap();
+        assert_eq!(parse_bundle(&bundle(&parsed).unwrap()).unwrap(), parsed);
+        let l = fixture("pep-twomemo-devicelist-fetch.recv.xml");
+        assert!(!parse_device_list(find_descendant(&l, "devices", NS).unwrap()).unwrap().is_empty());
+        let m = fixture("muc-message-twomemo.recv.xml");
+        let enc = parse_encrypted(find_descendant(&m, "encrypted", NS).unwrap()).unwrap();
+        assert!(!enc.header.keys.is_empty() && enc.payload.is_some());
+        let first = &enc.header.keys[0];
+        assert!(enc.key_for(&first.jid, first.keys[0].rid).is_some());
+    }
+
+    #[test]
+    fn kex_attribute_written_only_when_true() {
+        let e = Encrypted {
+            header: Header {
+                sid: 1,
+                keys: vec![Keys {
+                    jid: "a@b".into(),
+                    keys: vec![
+                        Key { rid: 2, kex: Some(true), data: vec![1] },
+                        Key { rid: 3, kex: None, data: vec![2] },
+                    ],
+                }],
+            },
+            payload: None,
+        };
+        let text = String::from(&Element::from(e.clone()));
+        assert_eq!(text.matches("kex=").count(), 1, "{text}");
+        assert_eq!(parse_encrypted(&parse_element(&text).unwrap()).unwrap(), e);
+        let one = parse_element("<encrypted xmlns='urn:xmpp:omemo:2'><header sid='1'><keys jid='a@b'><key rid='2' kex='1'>AQ==</key></keys></header></encrypted>").unwrap();
+        assert!(parse_encrypted(&one).unwrap().header.keys[0].keys[0].is_kex());
+    }
+}
