@@ -1,6 +1,8 @@
 //! Entry points for the fuzz targets in `fuzz/`: XML inputs from the network.
 
-use crate::xml::{find_descendant, parse_element, sce, v0_3, v2};
+use session_store::Namespace;
+
+use crate::xml::{find_descendant, parse_element, pep, sce, v0_3, v2};
 
 /// Arbitrary text as a stanza holding device lists, bundles or `<encrypted>` elements: errors are fine,
 /// panics are not; a bundle that parses re-serializes to an equal bundle.
@@ -22,6 +24,10 @@ pub fn omemo_xml(data: &[u8]) {
                 session_store::fuzzing::ratchet_message(&k.data);
             }
         }
+    }
+    for ns in [Namespace::Oldmemo, Namespace::Twomemo] {
+        let _ = pep::read_device_list(ns, &root);
+        let _ = pep::read_bundle(ns, 1, &root);
     }
     if let Some(l) = find_descendant(&root, "devices", v2::NS) {
         let _ = v2::parse_device_list(l);

@@ -1,5 +1,6 @@
 //! OMEMO XML: device lists, bundles and `<encrypted>` elements, and the `<message>` around them.
 
+pub mod pep;
 pub mod sce;
 pub mod stanza;
 pub mod v0_3;
