@@ -234,17 +234,27 @@ impl Context {
             .filter_map(|st| find_descendant(st, "message", "jabber:client"))
             .filter(|m| m.children().any(is_omemo))
             .collect();
-        let for_us = |m: &minidom::Element| {
-            m.children().any(|e| {
-                (e.is("encrypted", v0_3::NS)
-                    && v0_3::parse_encrypted(e).is_ok_and(|x| x.header.keys.iter().any(|k| k.rid == acc.device_id)))
-                    || (e.is("encrypted", v2::NS)
-                        && v2::parse_encrypted(e).is_ok_and(|x| x.key_for(&acc.jid, acc.device_id).is_some()))
-            })
-        };
-        let Some(message) = messages.iter().find(|m| for_us(m)).or(messages.first()).copied() else {
+        if messages.is_empty() {
             return Err(CliError::refused("not-encrypted", DecryptError::NotEncrypted));
-        };
+        }
+        // The first stanza holding an element for this device is ours (the oracle prints one per namespace).
+        let mut last_err = None;
+        for message in messages {
+            match self.decrypt_message(pep, &acc, message, sender) {
+                Err(e) if e.kind == "not-for-this-device" => last_err = Some(e),
+                other => return other,
+            }
+        }
+        Err(last_err.unwrap_or_else(|| CliError::refused("not-encrypted", DecryptError::NotEncrypted)))
+    }
+
+    fn decrypt_message(
+        &mut self,
+        pep: &PepDir,
+        acc: &Account,
+        message: &minidom::Element,
+        sender: Option<&str>,
+    ) -> Result<Value, CliError> {
         let group = message.attr("type") == Some("groupchat");
         let sender_jid = match sender {
             Some(s) => s.to_owned(),

@@ -5,28 +5,14 @@
 Run with the oracle's venv:  ~/.cache/omemo-oracle/venv/bin/python tests/vectors/generate_oldmemo.py
 It rewrites tests/vectors/oldmemo_kat.json. Inputs are derived from fixed seeds, so the output is stable.
 """
-import asyncio, hashlib, json, os
+import asyncio, json, os, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vectors_common import clamp, det  # noqa: E402
 import xeddsa
 from doubleratchet.recommended import HashFunction
 from oldmemo.oldmemo import (AEADImpl, DoubleRatchetImpl, MessageChainKDFImpl, RootChainKDFImpl, StateImpl)
 from oldmemo.oldmemo_pb2 import OMEMOMessage
-
-
-def det(label: str, n: int = 32) -> bytes:
-    out = b""
-    i = 0
-    while len(out) < n:
-        out += hashlib.sha256(f"{label}/{i}".encode()).digest()
-        i += 1
-    return out[:n]
-
-
-def clamp(k: bytes) -> bytes:
-    b = bytearray(k)
-    b[0] &= 248
-    b[31] &= 127
-    b[31] |= 64
-    return bytes(b)
 
 
 async def main() -> None:

@@ -1,7 +1,7 @@
 //! # session-store
 //!
-//! The OMEMO session core: identity keys, signed and one-time pre-keys, X3DH, the Double Ratchet with the
-//! OMEMO 0.3 (libsignal v3) wire format, trust, and the stores that keep it all (in memory, or in SQLite
+//! The OMEMO session core: identity keys, signed and one-time pre-keys, X3DH, the Double Ratchet in both
+//! wire formats (OMEMO 0.3 / libsignal v3, and OMEMO 2), trust, and the stores that keep it all (in memory, or in SQLite
 //! through a connection the application owns).
 //!
 //! The crate does no I/O of its own and reads no clock or RNG: both are parameters. Operations never
@@ -10,26 +10,29 @@
 //!
 //! ```
 //! use rand_core::OsRng;
-//! use session_store::{account, session, Account, AccountStore, MemoryStore, Namespace, SessionAddress, Store};
+//! use session_store::{
+//!     account, session, Account, AccountStore, MemoryStore, Namespace, NamespaceSet, SessionAddress, Store,
+//! };
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut alice = MemoryStore::default();
-//! alice.apply(&Account::create("alice@example.org", &[], 0, &mut OsRng))?;
+//! alice.apply(&Account::create("alice@example.org", NamespaceSet::BOTH, &[], 0, &mut OsRng))?;
 //! let mut bob = MemoryStore::default();
-//! bob.apply(&Account::create("bob@example.org", &[], 0, &mut OsRng))?;
+//! bob.apply(&Account::create("bob@example.org", NamespaceSet::BOTH, &[], 0, &mut OsRng))?;
 //! let a = alice.account()?.ok_or("no account")?;
 //! let b = bob.account()?.ok_or("no account")?;
 //!
-//! // Alice starts a session from Bob's bundle and encrypts.
-//! let to_bob = SessionAddress::new(Namespace::Oldmemo, "bob@example.org", b.device_id);
+//! // Alice starts an OMEMO 2 session from Bob's bundle and encrypts.
+//! let to_bob = SessionAddress::new(Namespace::Twomemo, "bob@example.org", b.device_id);
 //! let mut changes = session_store::Changes::default();
-//! session::initiate(&alice, &a, &to_bob, &account::own_bundle(&bob)?, &mut changes, &mut OsRng)?;
+//! let bundle = account::own_bundle_for(&bob, Namespace::Twomemo)?;
+//! session::initiate(&alice, &a, &to_bob, &bundle, &mut changes, &mut OsRng)?;
 //! let key = session::encrypt(&alice, &a, &to_bob, b"key material", &mut changes)?;
 //! alice.apply(&changes)?;
 //! assert!(key.kex);
 //!
 //! // Bob decrypts the key exchange; the pre-key is consumed only now.
-//! let from_alice = SessionAddress::new(Namespace::Oldmemo, "alice@example.org", a.device_id);
+//! let from_alice = SessionAddress::new(Namespace::Twomemo, "alice@example.org", a.device_id);
 //! let (out, changes) = session::decrypt(&bob, &b, &from_alice, &key.data, &mut OsRng)?;
 //! bob.apply(&changes)?;
 //! assert_eq!(&out.plaintext[..], b"key material");

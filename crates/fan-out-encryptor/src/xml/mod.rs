@@ -35,6 +35,17 @@ pub fn find_descendant<'a>(root: &'a Element, name: &str, ns: &str) -> Option<&'
     None
 }
 
+/// The valid device ids (1..2^31-1) of a published list, deduplicated, in order.
+pub(crate) fn valid_device_ids(ids: impl IntoIterator<Item = u32>) -> Vec<session_store::DeviceId> {
+    let mut out: Vec<session_store::DeviceId> = Vec::new();
+    for id in ids {
+        if session_store::keys::valid_device_id(id) && !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
 /// Removes whitespace from every text node below `elem`. OMEMO elements carry only base64 text, which
 /// some clients wrap over several lines.
 pub(crate) fn strip_base64_whitespace(elem: &mut Element) {

@@ -1,7 +1,7 @@
 //! OMEMO 0.3 (`eu.siacs.conversations.axolotl`) elements through `xmpp_parsers::legacy_omemo`.
 
 use minidom::Element;
-use session_store::{keys::valid_device_id, DeviceId, PreKeyBundle, PublicKey};
+use session_store::{DeviceId, PreKeyBundle, PublicKey};
 use xmpp_parsers::legacy_omemo::{
     Bundle, Device, DeviceList, Encrypted, IdentityKey, PreKeyPublic, Prekeys, SignedPreKeyPublic,
     SignedPreKeySignature,
@@ -26,13 +26,7 @@ fn invalid(element: &'static str, detail: impl ToString) -> XmlError {
 /// Reads a `<list>`: valid device ids, deduplicated, in order.
 pub fn parse_device_list(elem: &Element) -> Result<Vec<DeviceId>, XmlError> {
     let list = DeviceList::try_from(elem.clone()).map_err(|e| invalid("list", e))?;
-    let mut out: Vec<DeviceId> = Vec::with_capacity(list.devices.len());
-    for d in list.devices {
-        if valid_device_id(d.id) && !out.contains(&d.id) {
-            out.push(d.id);
-        }
-    }
-    Ok(out)
+    Ok(super::valid_device_ids(list.devices.iter().map(|d| d.id)))
 }
 
 /// Builds a `<list>`.

@@ -1,10 +1,7 @@
 //! OMEMO 2 (`urn:xmpp:omemo:2`) elements, defined with the same `xso` derives `xmpp-parsers` uses.
 
 use minidom::Element;
-use session_store::{
-    keys::{ed25519_to_curve25519, valid_device_id},
-    DeviceId, PreKeyBundle, PublicKey,
-};
+use session_store::{keys::ed25519_to_curve25519, DeviceId, PreKeyBundle, PublicKey};
 use xso::{text::Base64, AsXml, FromXml};
 
 use super::strip_base64_whitespace;
@@ -191,13 +188,7 @@ fn invalid(element: &'static str, detail: impl ToString) -> XmlError {
 /// Reads a `<devices>` list: valid ids, deduplicated, in order.
 pub fn parse_device_list(elem: &Element) -> Result<Vec<DeviceId>, XmlError> {
     let list = Devices::try_from(elem.clone()).map_err(|e| invalid("devices", e))?;
-    let mut out: Vec<DeviceId> = Vec::with_capacity(list.devices.len());
-    for d in list.devices {
-        if valid_device_id(d.id) && !out.contains(&d.id) {
-            out.push(d.id);
-        }
-    }
-    Ok(out)
+    Ok(super::valid_device_ids(list.devices.iter().map(|d| d.id)))
 }
 
 /// Builds a `<devices>` list (no labels).
