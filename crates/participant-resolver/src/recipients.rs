@@ -1,0 +1,106 @@
+//! Who gets keys: `Room::recipients()`.
+
+use std::collections::BTreeSet;
+
+use crate::{
+    error::ResolveError,
+    room::{Presence, Room},
+    xml::Affiliation,
+};
+
+/// Why someone known to the room gets no key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Exclusion {
+    /// Banned.
+    Outcast,
+    /// Was owner, admin or member, is not any more.
+    NoLongerMember,
+    /// Never a member (present in a room the policy allows to be open counts as a member there).
+    NotAMember,
+    /// Present, but the room shows no real JID for this nick.
+    NoRealJid,
+}
+
+impl Exclusion {
+    /// A short name for reports.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Outcast => "outcast",
+            Self::NoLongerMember => "no longer a member",
+            Self::NotAMember => "not a member",
+            Self::NoRealJid => "no real JID known",
+        }
+    }
+}
+
+/// The answer of [`Room::recipients`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recipients {
+    /// The bare JIDs to encrypt to (always including our own, for our other devices), sorted.
+    pub included: BTreeSet<String>,
+    /// Everyone known to the room who is left out, with the reason: a bare JID, or `room/nick` for an
+    /// occupant without a known real JID. Sorted.
+    pub excluded: Vec<(String, Exclusion)>,
+}
+
+impl Room {
+    /// Can OMEMO messages be sent into the room now? Non-anonymous is required; members-only unless the
+    /// policy allows open rooms; a configuration change (104) must have been re-read; we must be in it.
+    pub fn eligibility(&self) -> Result<(), ResolveError> {
+        match &self.presence {
+            Presence::NotJoined => return Err(ResolveError::NotJoined("no self-presence yet")),
+            Presence::Left(reason) => return Err(ResolveError::NotJoined(reason)),
+            Presence::Joined => {}
+        }
+        if self.config_changed {
+            return Err(ResolveError::ConfigurationChanged);
+        }
+        let features = self.features.ok_or(ResolveError::ConfigurationUnknown)?;
+        if !features.nonanonymous {
+            return Err(ResolveError::Anonymous);
+        }
+        if !features.membersonly && !self.policy.allow_open_rooms {
+            return Err(ResolveError::NotMembersOnly);
+        }
+        Ok(())
+    }
+
+    /// The bare JIDs a message must be encrypted to, and everyone left out with the reason. Owners,
+    /// admins and members are included whether present or not; `none` and `outcast` are excluded
+    /// whichever source said so last. In an open room that the policy allows, present occupants with a
+    /// real JID are included too. Fails when the room is not eligible (see [`Room::eligibility`]).
+    pub fn recipients(&self) -> Result<Recipients, ResolveError> {
+        self.eligibility()?;
+        Ok(self.recipients_unchecked())
+    }
+
+    /// [`Room::recipients`] without the eligibility check (for reports about rooms that are not).
+    pub fn recipients_unchecked(&self) -> Recipients {
+        let open = self.policy.allow_open_rooms && !self.features.is_some_and(|f| f.membersonly);
+        let present: BTreeSet<&str> = self.occupants.values().filter_map(|o| o.real_jid.as_deref()).collect();
+        let mut out = Recipients::default();
+        out.included.insert(self.own_jid.clone());
+        for (jid, fact) in &self.affiliations {
+            if *jid == self.own_jid {
+                continue;
+            }
+            match fact.affiliation {
+                a if a.is_member() => {
+                    out.included.insert(jid.clone());
+                }
+                Affiliation::Outcast => out.excluded.push((jid.clone(), Exclusion::Outcast)),
+                _ if open && present.contains(jid.as_str()) => {
+                    out.included.insert(jid.clone());
+                }
+                _ if fact.was_member => out.excluded.push((jid.clone(), Exclusion::NoLongerMember)),
+                _ => out.excluded.push((jid.clone(), Exclusion::NotAMember)),
+            }
+        }
+        for o in self.occupants.values().filter(|o| o.real_jid.is_none()) {
+            out.excluded.push((format!("{}/{}", self.jid, o.nick), Exclusion::NoRealJid));
+        }
+        out.excluded.sort();
+        out
+    }
+}

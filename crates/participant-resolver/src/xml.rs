@@ -1,0 +1,174 @@
+//! Reading the MUC parts of stanzas (XEP-0045 `muc#user`, `muc#admin`, XEP-0421 occupant-id, XEP-0313
+//! results) leniently: real servers put bare JIDs where `xmpp-parsers`' `MucUser` expects full ones
+//! (Prosody in MAM results and affiliation lists), which would make its strict parse refuse real stanzas.
+
+use minidom::Element;
+
+/// `http://jabber.org/protocol/muc#user`.
+pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// `http://jabber.org/protocol/muc#admin`.
+pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+/// `http://jabber.org/protocol/muc`.
+pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
+/// `http://jabber.org/protocol/disco#info`.
+pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+/// XEP-0421.
+pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+/// XEP-0313.
+pub const NS_MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0297.
+pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0359.
+pub const NS_SID: &str = "urn:xmpp:sid:0";
+/// The client namespace.
+pub const NS_CLIENT: &str = "jabber:client";
+
+/// A room affiliation (XEP-0045 §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Affiliation {
+    /// Owner.
+    Owner,
+    /// Admin.
+    Admin,
+    /// Member.
+    Member,
+    /// No affiliation.
+    None,
+    /// Banned.
+    Outcast,
+}
+
+impl Affiliation {
+    /// Parses the attribute value.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "owner" => Self::Owner,
+            "admin" => Self::Admin,
+            "member" => Self::Member,
+            "none" => Self::None,
+            "outcast" => Self::Outcast,
+            _ => return None,
+        })
+    }
+
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Admin => "admin",
+            Self::Member => "member",
+            Self::None => "none",
+            Self::Outcast => "outcast",
+        }
+    }
+
+    /// Owner, admin or member: someone OMEMO messages are encrypted to.
+    pub fn is_member(self) -> bool {
+        matches!(self, Self::Owner | Self::Admin | Self::Member)
+    }
+}
+
+/// A room role (XEP-0045 §5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Moderator.
+    Moderator,
+    /// Participant.
+    Participant,
+    /// Visitor.
+    Visitor,
+    /// Not in the room.
+    None,
+}
+
+impl Role {
+    /// Parses the attribute value.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "moderator" => Self::Moderator,
+            "participant" => Self::Participant,
+            "visitor" => Self::Visitor,
+            "none" => Self::None,
+            _ => return None,
+        })
+    }
+
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Moderator => "moderator",
+            Self::Participant => "participant",
+            Self::Visitor => "visitor",
+            Self::None => "none",
+        }
+    }
+}
+
+/// An `<item>` of `muc#user` or `muc#admin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MucItem {
+    /// The affiliation, if given.
+    pub affiliation: Option<Affiliation>,
+    /// The role, if given.
+    pub role: Option<Role>,
+    /// The real JID made bare (servers send full or bare JIDs).
+    pub jid: Option<String>,
+    /// The nick (in a 303 presence: the new nick).
+    pub nick: Option<String>,
+}
+
+/// The bare part of a JID: everything before the first `/`, lower-cased in its node and domain parts
+/// (JID comparison is case-insensitive there).
+pub fn bare(jid: &str) -> String {
+    jid.split('/').next().unwrap_or(jid).to_lowercase()
+}
+
+/// The resource of a JID (the nick of an occupant JID), if any.
+pub fn resource(jid: &str) -> Option<&str> {
+    jid.split_once('/').map(|(_, r)| r)
+}
+
+/// Reads one `<item>`.
+pub fn item(e: &Element) -> MucItem {
+    MucItem {
+        affiliation: e.attr("affiliation").and_then(Affiliation::parse),
+        role: e.attr("role").and_then(Role::parse),
+        jid: e.attr("jid").map(bare).filter(|j| !j.is_empty()),
+        nick: e.attr("nick").map(str::to_owned),
+    }
+}
+
+/// The `<x xmlns='muc#user'>` of a stanza: its status codes and items.
+pub fn muc_user(stanza: &Element) -> Option<(Vec<u16>, Vec<MucItem>)> {
+    let x = stanza.get_child("x", NS_MUC_USER)?;
+    let codes = x
+        .children()
+        .filter(|c| c.name() == "status")
+        .filter_map(|c| c.attr("code").and_then(|v| v.parse().ok()))
+        .collect();
+    let items = x.children().filter(|c| c.name() == "item").map(item).collect();
+    Some((codes, items))
+}
+
+/// The XEP-0421 occupant-id of a stanza.
+pub fn occupant_id(stanza: &Element) -> Option<String> {
+    stanza.get_child("occupant-id", NS_OCCUPANT_ID).and_then(|o| o.attr("id")).map(str::to_owned)
+}
+
+/// The OMEMO sender device id (`<encrypted><header sid>`) of a message, in either namespace.
+pub fn omemo_sender_device(message: &Element) -> Option<u32> {
+    message
+        .children()
+        .filter(|c| {
+            c.name() == "encrypted" && (c.ns() == "urn:xmpp:omemo:2" || c.ns() == "eu.siacs.conversations.axolotl")
+        })
+        .find_map(|e| {
+            e.children().find(|h| h.name() == "header").and_then(|h| h.attr("sid")).and_then(|s| s.parse().ok())
+        })
+}
+
+/// An attribute name from a literal of this crate.
+#[allow(clippy::expect_used)] // only called with fixed literals, every one exercised by the tests
+pub(crate) fn name(s: &'static str) -> minidom::rxml::NcName {
+    minidom::rxml::NcName::try_from(s).expect("literal attribute names are valid")
+}
