@@ -10,4 +10,5 @@ pub use participant_resolver;
 pub use session_store;
 
 pub mod cli;
+pub mod inspect;
 pub mod pep_dir;

@@ -9,6 +9,10 @@
 //!   fingerprint
 //!   devices [--peer JID]
 //!   trust --peer JID --device ID --level verified|distrusted|blind
+//!
+//! omemo-muc inspect-room --own-jid BAREJID --room ROOMJID [FILE] [--sender-of ID] [--allow-open-rooms]
+//!   replays captured stanzas (FILE, else stdin) into the room model; prints eligibility, recipients,
+//!   exclusions, occupants, and with --sender-of the attribution of that message
 //! ```
 //! Output is JSON (the stanza for `encrypt`). Errors print `{"error", "detail"}` and exit 1 (usage,
 //! environment) or 2 (the operation was refused, e.g. a message that does not decrypt).
@@ -19,13 +23,15 @@ use std::{collections::HashMap, io::Read, process::ExitCode};
 use omemo_muc::{
     cli::{CliError, Context},
     fan_out_encryptor::NamespaceChoice,
+    participant_resolver::Policy,
     pep_dir::PepDir,
     session_store::{NamespaceSet, TrustLevel},
 };
 use serde_json::json;
 
-const USAGE: &str =
-    "usage: omemo-muc --store FILE --jid BAREJID <init|publish|encrypt|decrypt|fingerprint|devices|trust> [options]";
+const USAGE: &str = "usage: omemo-muc --store FILE --jid BAREJID \
+                     <init|publish|encrypt|decrypt|fingerprint|devices|trust> [options]\n       \
+                     omemo-muc inspect-room --own-jid BAREJID --room ROOMJID [FILE] [--sender-of ID] [--allow-open-rooms]";
 
 /// Options that take a value; everything else is the command.
 const VALUED: &[&str] = &[
@@ -40,17 +46,28 @@ const VALUED: &[&str] = &[
     "--peer",
     "--device",
     "--level",
+    "--ns",
+    "--own-jid",
+    "--room-jid",
+    "--sender-of",
 ];
+
+/// Flags without a value.
+const SWITCHES: &[&str] = &["--allow-open-rooms"];
 
 struct Args {
     command: String,
     opts: HashMap<String, Vec<String>>,
+    switches: Vec<String>,
+    positional: Vec<String>,
 }
 
 impl Args {
     fn parse(argv: Vec<String>) -> Result<Self, CliError> {
         let mut command = None;
         let mut opts: HashMap<String, Vec<String>> = HashMap::new();
+        let mut switches = Vec::new();
+        let mut positional = Vec::new();
         let mut it = argv.into_iter();
         while let Some(a) = it.next() {
             if a == "-h" || a == "--help" {
@@ -66,15 +83,17 @@ impl Args {
                     None => it.next().ok_or_else(|| CliError::usage(format!("{name} needs a value")))?,
                 };
                 opts.entry(name).or_default().push(v);
+            } else if SWITCHES.contains(&name.as_str()) {
+                switches.push(name);
             } else if name.starts_with('-') {
                 return Err(CliError::usage(format!("unknown option {name}\n{USAGE}")));
             } else if command.is_none() {
                 command = Some(a);
             } else {
-                return Err(CliError::usage(format!("unexpected argument {a:?}\n{USAGE}")));
+                positional.push(a);
             }
         }
-        Ok(Self { command: command.ok_or_else(|| CliError::usage(USAGE))?, opts })
+        Ok(Self { command: command.ok_or_else(|| CliError::usage(USAGE))?, opts, switches, positional })
     }
 
     fn one(&self, name: &str) -> Option<&str> {
@@ -108,7 +127,28 @@ fn stdin_text() -> Result<String, CliError> {
     Ok(s)
 }
 
+fn inspect_room(args: &Args) -> Result<String, CliError> {
+    // `--room` is also `encrypt`'s option; inspect-room takes the room's JID there too.
+    let room =
+        args.one("--room").or(args.one("--room-jid")).ok_or_else(|| CliError::usage("inspect-room needs --room"))?;
+    let own = args.need("--own-jid")?;
+    let text = match args.positional.as_slice() {
+        [] => stdin_text()?,
+        [file] => std::fs::read_to_string(file).map_err(|e| CliError::usage(format!("{file}: {e}")))?,
+        _ => return Err(CliError::usage("inspect-room reads one file (or stdin)")),
+    };
+    let stanzas = omemo_muc::inspect::parse_stream(&text)?;
+    let policy = Policy { allow_open_rooms: args.switches.iter().any(|s| s == "--allow-open-rooms") };
+    Ok(omemo_muc::inspect::inspect(room, own, policy, &stanzas, args.one("--sender-of")).to_string())
+}
+
 fn run(args: &Args) -> Result<String, CliError> {
+    if args.command == "inspect-room" {
+        return inspect_room(args);
+    }
+    if let Some(extra) = args.positional.first() {
+        return Err(CliError::usage(format!("unexpected argument {extra:?}\n{USAGE}")));
+    }
     let mut ctx = Context::open(args.need("--store")?, args.need("--jid")?)?;
     let pep = || args.need("--pep").map(PepDir::new);
     let out = match args.command.as_str() {

@@ -91,3 +91,114 @@ fn refused_input_exits_2_with_json() {
     // After all that, the real message still decrypts: refused input changed nothing.
     assert_eq!(a.decrypt(&m, "bob@example.org").unwrap()["plaintext"], "hi");
 }
+
+/// `init --ns` fixes a device's namespaces for good; `encrypt --ns` restricts a message to one.
+#[test]
+fn namespace_options() {
+    let s = Scratch::new("cli-ns");
+    let pep = s.pep();
+    let pep = pep.to_str().unwrap();
+    let store = |n: &str| s.dir.join(format!("{n}.sqlite3")).to_str().unwrap().to_owned();
+    let (a, b) = (store("a"), store("b"));
+    let (code, out, _) = tool(&["--store", &a, "--jid", "a@example.org", "init", "--ns", "oldmemo"], None);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"namespaces\":[\"oldmemo\"]"), "{out}");
+    let (code, _, err) = tool(&["--store", &a, "--jid", "a@example.org", "init", "--ns", "both"], None);
+    assert_eq!(code, 1, "namespaces cannot change: {err}");
+    assert_eq!(tool(&["--store", &a, "--jid", "a@example.org", "init", "--ns", "fourmemo"], None).0, 1);
+    assert_eq!(tool(&["--store", &a, "--jid", "a@example.org", "publish", "--pep", pep], None).0, 0);
+    assert_eq!(tool(&["--store", &b, "--jid", "b@example.org", "init"], None).0, 0);
+    assert_eq!(tool(&["--store", &b, "--jid", "b@example.org", "publish", "--pep", pep], None).0, 0);
+    assert!(s.dir.join("pep/b@example.org/twomemo/devicelist.xml").exists());
+    assert!(!s.dir.join("pep/a@example.org/twomemo/devicelist.xml").exists());
+    // b speaks both, a only 0.3: auto picks 0.3 for a; forcing OMEMO 2 finds no device of a's.
+    let (code, stanza, _) = tool(
+        &[
+            "--store",
+            &b,
+            "--jid",
+            "b@example.org",
+            "encrypt",
+            "--pep",
+            pep,
+            "--to",
+            "a@example.org",
+            "--plaintext",
+            "x",
+        ],
+        None,
+    );
+    assert_eq!(code, 0);
+    assert!(
+        stanza.contains("eu.siacs.conversations.axolotl") && !stanza.contains("<encrypted xmlns='urn:xmpp:omemo:2'"),
+        "{stanza}"
+    );
+    let (code, out, _) = tool(
+        &[
+            "--store",
+            &b,
+            "--jid",
+            "b@example.org",
+            "encrypt",
+            "--pep",
+            pep,
+            "--to",
+            "a@example.org",
+            "--ns",
+            "twomemo",
+            "--plaintext",
+            "x",
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no device"), "{out}");
+    let (code, _, _) = tool(
+        &["--store", &a, "--jid", "a@example.org", "decrypt", "--pep", pep, "--sender", "b@example.org"],
+        Some(&stanza),
+    );
+    assert_eq!(code, 0);
+}
+
+/// `inspect-room` replays captured stanzas of a real room.
+#[test]
+fn inspect_room_replays_captured_stanzas() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/realworld/fixtures");
+    let stream: String = [
+        "muc-create-02-self-presence-110-201.recv.xml",
+        "muc-create-06-config-changed-104-170-172.recv.xml",
+        "muc-room-disco-info.recv.xml",
+        "muc-affiliation-list-owner-by-owner.recv.xml",
+        "muc-affiliation-list-member-by-owner.recv.xml",
+        "muc-presence-occupant-joined.recv.xml",
+        "muc-message-twomemo.recv.xml",
+        "muc-presence-ban-301.recv.xml",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(fixtures.join(f)).unwrap())
+    .collect();
+    let args = [
+        "inspect-room",
+        "--own-jid",
+        "alice@localhost",
+        "--room",
+        "pelovusaho@conference.localhost",
+        "--sender-of",
+        "OCNyIjc-ngtXbXxePGPD3Etm",
+    ];
+    let (code, out, err) = tool(&args, Some(&stream));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["eligible"], true, "{v}");
+    assert_eq!(v["recipients"], serde_json::json!(["alice@localhost", "bob@localhost", "carol@localhost"]));
+    assert_eq!(v["excluded"], serde_json::json!([{"who": "dave@localhost", "reason": "outcast"}]));
+    assert!(v["occupants"].as_array().unwrap().iter().any(|o| o["nick"] == "bob" && o["real_jid"] == "bob@localhost"));
+    assert_eq!(v["attribution"]["real_jid"], "bob@localhost");
+    assert_eq!(v["attribution"]["decided_by"], "occupant-id");
+    // Before the configuration was read, the room is not eligible, and the report says why.
+    let (_, out, _) = tool(&args[..5], Some(&stream[..stream.find("<iq").unwrap()]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["eligible"], false);
+    assert!(v["why_not"].as_str().unwrap().contains("disco#info"), "{v}");
+    assert_eq!(tool(&["inspect-room", "--room", "r@x"], Some("")).0, 1);
+}

@@ -79,8 +79,11 @@ impl Room {
     pub fn recipients_unchecked(&self) -> Recipients {
         let open = self.policy.allow_open_rooms && !self.features.is_some_and(|f| f.membersonly);
         // Only an open room counts presence as membership.
-        let present: BTreeSet<&str> =
-            if open { self.occupants.values().filter_map(|o| o.real_jid.as_deref()).collect() } else { BTreeSet::new() };
+        let present: BTreeSet<&str> = if open {
+            self.occupants.values().filter_map(|o| o.real_jid.as_deref()).collect()
+        } else {
+            BTreeSet::new()
+        };
         let mut out = Recipients::default();
         out.included.insert(self.own_jid.clone());
         for (jid, fact) in &self.affiliations {
