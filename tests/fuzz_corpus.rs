@@ -35,3 +35,8 @@ fn omemo_xml_corpus() {
 fn sce_envelope_corpus() {
     replay("sce_envelope", fan_out_encryptor::fuzzing::sce_envelope);
 }
+
+#[test]
+fn muc_presence_and_mam_corpus() {
+    replay("muc_presence_and_mam", participant_resolver::fuzzing::room_input);
+}

@@ -10,6 +10,7 @@
 
 mod attribution;
 pub mod error;
+pub mod fuzzing;
 pub mod policy;
 mod recipients;
 pub mod room;

@@ -269,6 +269,13 @@ fn attribution_live_archive_and_forgeries() {
         assert_eq!(a.decided_by, Some(AttributionSource::MamRealJid), "{f}");
         assert!(a.from_archive && a.ids.stanza_id.is_some());
     }
+    // ejabberd puts a full JID there: the bare JID is the answer.
+    let full: Element = fixture_text("mam-room-result-oldmemo.recv.xml")
+        .replace("jid=\"alice@localhost\"", "jid=\"alice@localhost/phone\"")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(dave_view.attribute(&full, &none).unwrap().real_jid.as_deref(), Some("alice@localhost"));
     // The same result relayed by someone else is not the archive: its item jid is not trusted.
     let relayed: Element = fixture_text("mam-room-result-oldmemo.recv.xml")
         .replacen(&format!("from=\"{ROOM}\""), "from=\"mallory@localhost\"", 1)
