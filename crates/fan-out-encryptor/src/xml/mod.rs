@@ -47,15 +47,16 @@ pub(crate) fn valid_device_ids(ids: impl IntoIterator<Item = u32>) -> Vec<sessio
 }
 
 /// Removes whitespace from every text node below `elem`. OMEMO elements carry only base64 text, which
-/// some clients wrap over several lines.
+/// some clients wrap over several lines. Iterative, so that deep nesting cannot exhaust the stack.
 pub(crate) fn strip_base64_whitespace(elem: &mut Element) {
-    for t in elem.texts_mut() {
-        if t.bytes().any(|b| b.is_ascii_whitespace()) {
-            t.retain(|c| !c.is_ascii_whitespace());
+    let mut stack = vec![elem];
+    while let Some(e) = stack.pop() {
+        for t in e.texts_mut() {
+            if t.bytes().any(|b| b.is_ascii_whitespace()) {
+                t.retain(|c| !c.is_ascii_whitespace());
+            }
         }
-    }
-    for child in elem.children_mut() {
-        strip_base64_whitespace(child);
+        stack.extend(e.children_mut());
     }
 }
 
