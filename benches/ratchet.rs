@@ -94,5 +94,20 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(ratchet, benches);
+/// The primitives the figures above are made of.
+#[allow(clippy::unwrap_used)]
+fn primitives(c: &mut Criterion) {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let a = session_store::KeyPair::generate(&mut rng);
+    let b = session_store::KeyPair::generate(&mut rng);
+    let mut g = c.benchmark_group("primitives");
+    g.bench_function("x25519_agree", |bch| bch.iter(|| a.private.agree(&b.public).unwrap()));
+    g.bench_function("x25519_keygen", |bch| bch.iter(|| session_store::KeyPair::generate(&mut rng)));
+    g.bench_function("hmac_sha256_32B", |bch| {
+        bch.iter(|| session_store::primitives::hmac_sha256(&[1; 32], &[&[2; 32]]))
+    });
+    g.finish();
+}
+
+criterion_group!(ratchet, benches, primitives);
 criterion_main!(ratchet);
