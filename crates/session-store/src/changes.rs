@@ -3,6 +3,7 @@
 use crate::{
     account::{Account, PreKeyRecord, SignedPreKeyRecord},
     keys::{DeviceId, PublicKey},
+    ledger::LedgerEntry,
     namespace::Namespace,
     ratchet::SessionRecord,
     trust::TrustLevel,
@@ -47,6 +48,10 @@ pub struct Changes {
     pub trust: Vec<(String, PublicKey, TrustLevel)>,
     /// Device lists: the active devices of (namespace, JID); devices not listed become inactive.
     pub device_lists: Vec<(Namespace, String, Vec<DeviceId>)>,
+    /// Messages we sent.
+    pub ledger: Vec<LedgerEntry>,
+    /// Stanza-ids processed: (room, stanza-id).
+    pub seen: Vec<(String, String)>,
 }
 
 impl Changes {
@@ -62,6 +67,8 @@ impl Changes {
             identities,
             trust,
             device_lists,
+            ledger,
+            seen,
         } = self;
         account.is_none()
             && signed_pre_keys.is_empty()
@@ -72,6 +79,8 @@ impl Changes {
             && identities.is_empty()
             && trust.is_empty()
             && device_lists.is_empty()
+            && ledger.is_empty()
+            && seen.is_empty()
     }
 
     /// Appends `other`; where both touch the same item, `other` wins (it is applied later).
@@ -86,6 +95,8 @@ impl Changes {
             identities,
             trust,
             device_lists,
+            ledger,
+            seen,
         } = other;
         if account.is_some() {
             self.account = account;
@@ -101,6 +112,8 @@ impl Changes {
         self.identities.extend(identities);
         self.trust.extend(trust);
         self.device_lists.extend(device_lists);
+        self.ledger.extend(ledger);
+        self.seen.extend(seen);
     }
 
     /// The record this change set holds for `addr`, if any (so that later steps of one operation see

@@ -45,6 +45,7 @@ pub mod changes;
 pub mod error;
 pub mod fuzzing;
 pub mod keys;
+pub mod ledger;
 mod memory;
 pub mod namespace;
 pub mod primitives;
@@ -67,10 +68,13 @@ pub use account::{Account, PreKeyRecord, SignedPreKeyRecord};
 pub use changes::{Changes, SessionAddress};
 pub use error::{KeyError, SessionError, StoreError};
 pub use keys::{DeviceId, KeyPair, PrivateKey, PublicKey};
+pub use ledger::LedgerEntry;
 pub use memory::MemoryStore;
 pub use namespace::{Namespace, NamespaceSet};
 pub use ratchet::{LocalIdentity, SessionRecord};
 pub use sqlite::SqliteStore;
-pub use traits::{AccountStore, DeviceListStore, IdentityStore, PreKeyStore, SessionStore, SignedPreKeyStore, Store};
+pub use traits::{
+    AccountStore, DeviceListStore, IdentityStore, LedgerStore, PreKeyStore, SessionStore, SignedPreKeyStore, Store,
+};
 pub use trust::TrustLevel;
 pub use x3dh::PreKeyBundle;

@@ -1,12 +1,13 @@
 //! An in-memory store: for tests, benches and clients that persist elsewhere.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
     account::{Account, PreKeyRecord, SignedPreKeyRecord},
     changes::{Changes, SessionAddress},
     error::StoreError,
     keys::{DeviceId, PublicKey},
+    ledger::LedgerEntry,
     namespace::Namespace,
     ratchet::SessionRecord,
     traits::*,
@@ -24,6 +25,8 @@ pub struct MemoryStore {
     identities: BTreeMap<(String, DeviceId), PublicKey>,
     trust: BTreeMap<(String, PublicKey), TrustLevel>,
     device_lists: BTreeMap<(Namespace, String), BTreeMap<DeviceId, bool>>,
+    ledger: BTreeMap<(String, String), LedgerEntry>,
+    seen: BTreeSet<(String, String)>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -90,6 +93,18 @@ impl DeviceListStore for MemoryStore {
     }
 }
 
+impl LedgerStore for MemoryStore {
+    fn ledger_by_origin_id(&self, room: &str, origin_id: &str) -> Result<Option<LedgerEntry>, StoreError> {
+        Ok(self.ledger.get(&(room.to_owned(), origin_id.to_owned())).cloned())
+    }
+    fn ledger_by_message_id(&self, room: &str, message_id: &str) -> Result<Option<LedgerEntry>, StoreError> {
+        Ok(self.ledger.values().find(|e| e.room == room && e.message_id == message_id).cloned())
+    }
+    fn seen(&self, room: &str, stanza_id: &str) -> Result<bool, StoreError> {
+        Ok(self.seen.contains(&(room.to_owned(), stanza_id.to_owned())))
+    }
+}
+
 impl Store for MemoryStore {
     fn apply(&mut self, changes: &Changes) -> Result<(), StoreError> {
         // Nothing below can fail, so the change set is applied whole.
@@ -103,6 +118,8 @@ impl Store for MemoryStore {
             identities,
             trust,
             device_lists,
+            ledger,
+            seen,
         } = changes;
         if let Some(a) = account {
             self.account = Some(a.clone());
@@ -136,6 +153,12 @@ impl Store for MemoryStore {
             for d in devices {
                 entry.insert(*d, true);
             }
+        }
+        for e in ledger {
+            self.ledger.insert((e.room.clone(), e.origin_id.clone()), e.clone());
+        }
+        for s in seen {
+            self.seen.insert(s.clone());
         }
         Ok(())
     }

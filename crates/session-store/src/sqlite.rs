@@ -9,6 +9,7 @@ use crate::{
     changes::{Changes, SessionAddress},
     error::StoreError,
     keys::{DeviceId, KeyPair, PrivateKey, PublicKey},
+    ledger::LedgerEntry,
     namespace::{Namespace, NamespaceSet},
     ratchet::SessionRecord,
     traits::*,
@@ -16,8 +17,11 @@ use crate::{
 };
 
 /// The migrations, in order. Index + 1 is the schema version each one produces.
-const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/001_initial.sql"), include_str!("migrations/002_account_namespaces.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/001_initial.sql"),
+    include_str!("migrations/002_account_namespaces.sql"),
+    include_str!("migrations/003_ledger.sql"),
+];
 
 /// Store over a rusqlite connection. Tables are prefixed `omemo_`; the schema version is kept in
 /// `omemo_schema`.
@@ -255,6 +259,45 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
     }
 }
 
+fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, Vec<u8>, Option<Vec<u8>>, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+fn ledger_entry(row: (String, String, String, Vec<u8>, Option<Vec<u8>>, i64)) -> Result<LedgerEntry, StoreError> {
+    let (room, origin_id, message_id, hash, plaintext, at) = row;
+    Ok(LedgerEntry {
+        room,
+        origin_id,
+        message_id,
+        plaintext_hash: key32(hash, "plaintext hash")?,
+        plaintext,
+        sent_at: u64::try_from(at).map_err(|_| StoreError::Corrupt("sent_at"))?,
+    })
+}
+
+const LEDGER_COLUMNS: &str = "room, origin_id, message_id, plaintext_hash, plaintext, sent_at";
+
+impl<C: BorrowMut<Connection>> LedgerStore for SqliteStore<C> {
+    fn ledger_by_origin_id(&self, room: &str, origin_id: &str) -> Result<Option<LedgerEntry>, StoreError> {
+        let mut stmt = self
+            .c()
+            .prepare_cached(&format!("SELECT {LEDGER_COLUMNS} FROM omemo_ledger WHERE room = ?1 AND origin_id = ?2"))?;
+        stmt.query_row(params![room, origin_id], ledger_row).optional()?.map(ledger_entry).transpose()
+    }
+
+    fn ledger_by_message_id(&self, room: &str, message_id: &str) -> Result<Option<LedgerEntry>, StoreError> {
+        let mut stmt = self.c().prepare_cached(&format!(
+            "SELECT {LEDGER_COLUMNS} FROM omemo_ledger WHERE room = ?1 AND message_id = ?2"
+        ))?;
+        stmt.query_row(params![room, message_id], ledger_row).optional()?.map(ledger_entry).transpose()
+    }
+
+    fn seen(&self, room: &str, stanza_id: &str) -> Result<bool, StoreError> {
+        let mut stmt = self.c().prepare_cached("SELECT 1 FROM omemo_seen WHERE room = ?1 AND stanza_id = ?2")?;
+        Ok(stmt.query_row(params![room, stanza_id], |_| Ok(())).optional()?.is_some())
+    }
+}
+
 impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
     fn apply(&mut self, changes: &Changes) -> Result<(), StoreError> {
         let Changes {
@@ -267,6 +310,8 @@ impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
             identities,
             trust,
             device_lists,
+            ledger,
+            seen,
         } = changes;
         let tx = self.conn.borrow_mut().transaction()?;
         if let Some(a) = account {
@@ -336,6 +381,17 @@ impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
                 for d in devices {
                     set.execute(params![ns.code(), jid, d])?;
                 }
+            }
+            let mut stmt = tx.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO omemo_ledger ({LEDGER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ))?;
+            for e in ledger {
+                let at = i64::try_from(e.sent_at).map_err(|_| StoreError::Corrupt("sent_at"))?;
+                stmt.execute(params![e.room, e.origin_id, e.message_id, &e.plaintext_hash[..], e.plaintext, at])?;
+            }
+            let mut stmt = tx.prepare_cached("INSERT OR IGNORE INTO omemo_seen (room, stanza_id) VALUES (?1, ?2)")?;
+            for (room, stanza_id) in seen {
+                stmt.execute(params![room, stanza_id])?;
             }
         }
         tx.commit()?;

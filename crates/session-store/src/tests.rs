@@ -308,6 +308,35 @@ macro_rules! store_conformance_tests {
         }
 
         #[test]
+        fn ledger_and_seen_stanzas() {
+            let mut p = pair(13);
+            let entry = LedgerEntry {
+                room: "room@muc.example.org".into(),
+                origin_id: "o1".into(),
+                message_id: "m1".into(),
+                plaintext_hash: LedgerEntry::hash(b"hello"),
+                plaintext: Some(b"hello".to_vec()),
+                sent_at: 1234,
+            };
+            let mut ch = Changes::default();
+            ch.ledger.push(entry.clone());
+            ch.seen.push(("room@muc.example.org".into(), "s1".into()));
+            p.a.apply(&ch).unwrap();
+            assert_eq!(p.a.ledger_by_origin_id("room@muc.example.org", "o1").unwrap(), Some(entry.clone()));
+            assert_eq!(p.a.ledger_by_message_id("room@muc.example.org", "m1").unwrap(), Some(entry.clone()));
+            assert_eq!(p.a.ledger_by_origin_id("other@muc.example.org", "o1").unwrap(), None);
+            assert!(p.a.seen("room@muc.example.org", "s1").unwrap());
+            assert!(!p.a.seen("room@muc.example.org", "s2").unwrap());
+            // Applying the same seen id twice is harmless.
+            p.a.apply(&ch).unwrap();
+            let mut without = entry.clone();
+            without.origin_id = "o2".into();
+            without.plaintext = None;
+            p.a.apply(&Changes { ledger: vec![without.clone()], ..Changes::default() }).unwrap();
+            assert_eq!(p.a.ledger_by_origin_id("room@muc.example.org", "o2").unwrap(), Some(without));
+        }
+
+        #[test]
         fn changes_are_all_or_nothing_and_device_lists() {
             let mut p = pair(12);
             let mut ch = Changes::default();
@@ -365,7 +394,7 @@ mod sqlite_store {
         {
             let mut s = SqliteStore::open(&dir).unwrap();
             s.apply(&Account::create("a@b", NamespaceSet::BOTH, &[], 0, &mut ChaCha20Rng::seed_from_u64(1))).unwrap();
-            assert_eq!(s.schema_version().unwrap(), 2);
+            assert_eq!(s.schema_version().unwrap(), 3);
         }
         let s = SqliteStore::open(&dir).unwrap();
         assert_eq!(s.account().unwrap().unwrap().jid, "a@b");
@@ -382,7 +411,7 @@ mod sqlite_store {
         let path = std::env::temp_dir().join(format!("omemo-store-v1-{}.sqlite3", std::process::id()));
         std::fs::copy(fixture, &path).unwrap();
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), 3);
         let acc = s.account().unwrap().unwrap();
         assert_eq!(acc.jid, "bob@example.org");
         assert_eq!(acc.namespaces, NamespaceSet::OLDMEMO, "schema-1 devices spoke OMEMO 0.3 only");

@@ -5,6 +5,7 @@ use crate::{
     changes::{Changes, SessionAddress},
     error::StoreError,
     keys::{DeviceId, PublicKey},
+    ledger::LedgerEntry,
     namespace::Namespace,
     ratchet::SessionRecord,
     trust::TrustLevel,
@@ -56,9 +57,19 @@ pub trait DeviceListStore {
     fn device_list(&self, ns: Namespace, jid: &str) -> Result<Option<Vec<DeviceId>>, StoreError>;
 }
 
+/// What we sent, and which stanzas we processed.
+pub trait LedgerStore {
+    /// Our message in `room` with this origin-id.
+    fn ledger_by_origin_id(&self, room: &str, origin_id: &str) -> Result<Option<LedgerEntry>, StoreError>;
+    /// Our message in `room` with this stanza `id`.
+    fn ledger_by_message_id(&self, room: &str, message_id: &str) -> Result<Option<LedgerEntry>, StoreError>;
+    /// Did we process the stanza with this stanza-id in `room` already?
+    fn seen(&self, room: &str, stanza_id: &str) -> Result<bool, StoreError>;
+}
+
 /// A complete store.
 pub trait Store:
-    AccountStore + PreKeyStore + SignedPreKeyStore + SessionStore + IdentityStore + DeviceListStore
+    AccountStore + PreKeyStore + SignedPreKeyStore + SessionStore + IdentityStore + DeviceListStore + LedgerStore
 {
     /// Applies a change set atomically: all of it or none of it.
     fn apply(&mut self, changes: &Changes) -> Result<(), StoreError>;
