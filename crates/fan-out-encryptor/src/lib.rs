@@ -9,6 +9,7 @@ pub mod decrypt;
 pub mod encrypt;
 pub mod error;
 pub mod fuzzing;
+pub mod group;
 pub mod payload;
 pub mod xml;
 

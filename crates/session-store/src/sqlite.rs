@@ -60,16 +60,19 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
     pub fn new(mut conn: C) -> Result<Self, StoreError> {
         let c = conn.borrow_mut();
         c.execute_batch("CREATE TABLE IF NOT EXISTS omemo_schema (version INTEGER NOT NULL)")?;
-        let version: Option<i64> = c.query_row("SELECT max(version) FROM omemo_schema", [], |r| r.get(0))?;
-        let version = version.unwrap_or(0) as usize;
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::SchemaTooNew { found: version as u32, supported: MIGRATIONS.len() as u32 });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = c.transaction()?;
+        // Each migration in its own write transaction, taken before the version is read: two processes
+        // opening the same new file do not both run it.
+        loop {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let version: Option<i64> = tx.query_row("SELECT max(version) FROM omemo_schema", [], |r| r.get(0))?;
+            let version = version.unwrap_or(0) as usize;
+            if version > MIGRATIONS.len() {
+                return Err(StoreError::SchemaTooNew { found: version as u32, supported: MIGRATIONS.len() as u32 });
+            }
+            let Some(sql) = MIGRATIONS.get(version) else { break };
             tx.execute_batch(sql)?;
             tx.execute("DELETE FROM omemo_schema", [])?;
-            tx.execute("INSERT INTO omemo_schema (version) VALUES (?1)", [i as i64 + 1])?;
+            tx.execute("INSERT INTO omemo_schema (version) VALUES (?1)", [version as i64 + 1])?;
             tx.commit()?;
         }
         Ok(Self { conn })

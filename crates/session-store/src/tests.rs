@@ -404,6 +404,23 @@ mod sqlite_store {
         let _ = std::fs::remove_file(&dir);
     }
 
+    /// Several connections opening the same new file at once: each migration runs once.
+    #[test]
+    fn concurrent_first_open_migrates_once() {
+        let path = std::env::temp_dir().join(format!("omemo-store-race-{}.sqlite3", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteStore::open(&path).map(|s| s.schema_version()))
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap().unwrap().unwrap(), 3);
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+
     /// A database written by schema version 1 (the first release) opens, migrates and keeps its data.
     #[test]
     fn schema_1_database_still_loads() {
