@@ -160,6 +160,10 @@ impl GroupMessage {
     }
 }
 
+/// The result of the per-device step: the key element (and whether it is a key exchange), or why not,
+/// and the advanced record.
+type Wrapped = (SessionAddress, Result<(Vec<u8>, bool), SessionError>, SessionRecord);
+
 /// Step 1: the recipients, their devices, and what to fetch before encrypting.
 pub fn plan_group_message(store: &impl Store, room: &Room, choice: NamespaceChoice) -> Result<GroupPlan, GroupError> {
     let recipients = room.recipients()?;
@@ -275,7 +279,7 @@ pub fn encrypt_group_message(
 
     // The per-device step, in parallel, on owned records.
     let our = account.local_identity();
-    let wrapped: Vec<(SessionAddress, Result<(Vec<u8>, bool), SessionError>, SessionRecord)> = work
+    let wrapped: Vec<Wrapped> = work
         .into_par_iter()
         .map(|(addr, mut record)| {
             let secret: &[u8] = match addr.namespace {
@@ -385,7 +389,7 @@ pub enum Inbound {
     /// Decrypted, with the sender as attributed.
     Decrypted {
         /// The decrypted message.
-        message: crate::Decrypted,
+        message: Box<crate::Decrypted>,
         /// How the sender was identified.
         attribution: participant_resolver::Attribution,
     },
@@ -475,7 +479,7 @@ pub fn receive_group_message(
     match crate::decrypt_stanza(store, inner, &ctx, rng) {
         Ok((message, more)) => {
             changes.merge(more);
-            Ok((Inbound::Decrypted { message, attribution }, changes))
+            Ok((Inbound::Decrypted { message: Box::new(message), attribution }, changes))
         }
         Err(e) => {
             use crate::DecryptError as D;

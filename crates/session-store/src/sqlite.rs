@@ -262,11 +262,14 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
     }
 }
 
-fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, Vec<u8>, Option<Vec<u8>>, i64)> {
+/// A ledger row: room, origin-id, message id, hash, plaintext, sent_at.
+type LedgerRow = (String, String, String, Vec<u8>, Option<Vec<u8>>, i64);
+
+fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerRow> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
 }
 
-fn ledger_entry(row: (String, String, String, Vec<u8>, Option<Vec<u8>>, i64)) -> Result<LedgerEntry, StoreError> {
+fn ledger_entry(row: LedgerRow) -> Result<LedgerEntry, StoreError> {
     let (room, origin_id, message_id, hash, plaintext, at) = row;
     Ok(LedgerEntry {
         room,
