@@ -135,14 +135,16 @@ pub fn recipient_devices(
     let mut without = Vec::new();
     for jid in all {
         let mut found = false;
-        // OMEMO 2 first: a device in both lists is reached in OMEMO 2.
+        // OMEMO 2 first: a device in both lists is reached in OMEMO 2 (once: ids of this JID seen so far).
+        let mut taken: Vec<u32> = Vec::new();
         for ns in account.namespaces.iter().filter(|ns| choice.allows(*ns)) {
             for d in store.device_list(ns, &jid)?.unwrap_or_default() {
                 if jid == account.jid && d == account.device_id {
                     continue;
                 }
                 found = true;
-                if !out.iter().any(|a| a.jid == jid && a.device == d) {
+                if !taken.contains(&d) {
+                    taken.push(d);
                     out.push(SessionAddress::new(ns, jid.clone(), d));
                 }
             }

@@ -166,16 +166,28 @@ type Wrapped = (SessionAddress, Result<(Vec<u8>, bool), SessionError>, SessionRe
 
 /// Step 1: the recipients, their devices, and what to fetch before encrypting.
 pub fn plan_group_message(store: &impl Store, room: &Room, choice: NamespaceChoice) -> Result<GroupPlan, GroupError> {
+    Ok(load_plan(store, room, choice)?.0)
+}
+
+/// The plan and the records it found (each device's record decoded once per send).
+fn load_plan(
+    store: &impl Store,
+    room: &Room,
+    choice: NamespaceChoice,
+) -> Result<(GroupPlan, Vec<Option<SessionRecord>>), GroupError> {
     let recipients = room.recipients()?;
     let jids: Vec<String> = recipients.included.iter().cloned().collect();
     let (devices, need_device_lists) = recipient_devices(store, &jids, choice)?;
     let mut need_bundles = Vec::new();
+    let mut records = Vec::with_capacity(devices.len());
     for addr in &devices {
-        if !store.session(addr)?.is_some_and(|r| r.has_current()) {
+        let record = store.session(addr)?.filter(SessionRecord::has_current);
+        if record.is_none() {
             need_bundles.push(addr.clone());
         }
+        records.push(record);
     }
-    Ok(GroupPlan { recipients, devices, need_bundles, need_device_lists })
+    Ok((GroupPlan { recipients, devices, need_bundles, need_device_lists }, records))
 }
 
 fn random_id(rng: &mut impl CryptoRngCore) -> String {
@@ -197,7 +209,7 @@ pub fn encrypt_group_message(
     rng: &mut impl CryptoRngCore,
 ) -> Result<GroupMessage, GroupError> {
     let account = store.account()?.ok_or(EncryptError::NoAccount)?;
-    let plan = plan_group_message(store, room, opts.choice)?;
+    let (plan, loaded) = load_plan(store, room, opts.choice)?;
     let mut coverage = GroupCoverage::default();
     for (who, why) in &plan.recipients.excluded {
         coverage.members_left_out.push((who.clone(), Left::Room(why.clone())));
@@ -226,14 +238,17 @@ pub fn encrypt_group_message(
     }
 
     // The records to wrap for, trust checked; read serially (a store need not be shared between threads).
+    let left_out: std::collections::HashSet<SessionAddress> =
+        coverage.devices_left_out.iter().map(|(a, _)| a.clone()).collect();
     let mut work: Vec<(SessionAddress, SessionRecord)> = Vec::with_capacity(plan.devices.len());
-    for addr in &plan.devices {
-        if coverage.devices_left_out.iter().any(|(a, _)| a == addr) {
+    for (addr, record) in plan.devices.iter().zip(loaded) {
+        if left_out.contains(addr) {
             continue;
         }
-        let record = match changes.session(addr) {
-            Some(r) => Some(r.clone()),
-            None => store.session(addr)?,
+        // A session built from a bundle just now is in the change set.
+        let record = match record {
+            Some(r) => Some(r),
+            None => changes.session(addr).cloned(),
         };
         let Some(record) = record.filter(SessionRecord::has_current) else {
             coverage.devices_left_out.push((addr.clone(), Left::NoBundle("no session".into())));
@@ -313,8 +328,12 @@ pub fn encrypt_group_message(
             Err(e) => coverage.devices_left_out.push((addr, Left::SessionFailed(e.to_string()))),
         }
     }
-    // One merge of every advanced record (not one per device).
-    changes.sessions.retain(|(a, _)| !advanced.iter().any(|(b, _)| a == b));
+    // One merge of every advanced record (not one per device): the advanced ones replace the records
+    // the bundles built.
+    if !changes.sessions.is_empty() {
+        let done: std::collections::HashSet<&SessionAddress> = advanced.iter().map(|(a, _)| a).collect();
+        changes.sessions.retain(|(a, _)| !done.contains(a));
+    }
     changes.sessions.extend(advanced);
 
     let id = random_id(rng);
