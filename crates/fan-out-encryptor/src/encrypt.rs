@@ -100,7 +100,7 @@ impl EncryptedMessage {
     pub fn elements(&self) -> Vec<Element> {
         let mut out = Vec::new();
         if let Some(e) = &self.twomemo {
-            out.push(e.clone().into());
+            out.push(e.to_element());
         }
         if let Some(e) = &self.oldmemo {
             out.push(crate::xml::v0_3::encrypted(e.clone()));

@@ -344,7 +344,7 @@ pub fn encrypt_group_message(
                 header: v2::Header { sid: account.device_id, keys: new_keys },
                 payload: Some(v2::Payload { data: p.ciphertext.clone() }),
             }
-            .into(),
+            .to_element(),
         );
     }
     if let (Some(p), false) = (&old, old_keys.is_empty()) {

@@ -10,6 +10,12 @@ use minidom::Element;
 
 use crate::error::XmlError;
 
+/// An attribute name from a literal of this crate.
+#[allow(clippy::expect_used)] // only called with fixed literals, every one exercised by the tests
+pub(crate) fn attr_name(s: &'static str) -> minidom::rxml::NcName {
+    minidom::rxml::NcName::try_from(s).expect("literal attribute names are valid")
+}
+
 /// Parses XML text into an element. Malformed input is an error value, never a panic.
 pub fn parse_element(text: &str) -> Result<Element, XmlError> {
     text.trim().parse::<Element>().map_err(|e| XmlError::Syntax(e.to_string()))

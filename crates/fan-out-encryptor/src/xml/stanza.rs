@@ -3,6 +3,8 @@
 
 use minidom::Element;
 
+use super::attr_name;
+
 /// The body shown by clients that cannot decrypt.
 pub const FALLBACK_BODY: &str = "This message is OMEMO encrypted.";
 
@@ -26,10 +28,10 @@ pub struct MessageHeaders {
 /// Builds the `<message>` stanza.
 pub fn build_message(headers: &MessageHeaders, encrypted: Vec<Element>) -> Element {
     let mut b = Element::builder("message", NS_CLIENT)
-        .attr(xso_name("type"), if headers.groupchat { "groupchat" } else { "chat" })
-        .attr(xso_name("id"), headers.id.as_str());
+        .attr(attr_name("type"), if headers.groupchat { "groupchat" } else { "chat" })
+        .attr(attr_name("id"), headers.id.as_str());
     if let Some(to) = &headers.to {
-        b = b.attr(xso_name("to"), to.as_str());
+        b = b.attr(attr_name("to"), to.as_str());
     }
     let mut msg = b.build();
     if headers.fallback_body {
@@ -41,18 +43,14 @@ pub fn build_message(headers: &MessageHeaders, encrypted: Vec<Element>) -> Eleme
     msg.append_child(Element::builder("store", "urn:xmpp:hints").build());
     msg.append_child(
         Element::builder("encryption", "urn:xmpp:eme:0")
-            .attr(xso_name("namespace"), headers.eme_namespace)
-            .attr(xso_name("name"), "OMEMO")
+            .attr(attr_name("namespace"), headers.eme_namespace)
+            .attr(attr_name("name"), "OMEMO")
             .build(),
     );
-    msg.append_child(Element::builder("origin-id", "urn:xmpp:sid:0").attr(xso_name("id"), headers.id.as_str()).build());
+    msg.append_child(
+        Element::builder("origin-id", "urn:xmpp:sid:0").attr(attr_name("id"), headers.id.as_str()).build(),
+    );
     msg
-}
-
-/// An attribute name from a literal of this module.
-#[allow(clippy::expect_used)] // only called with fixed literals, every one exercised by the tests
-fn xso_name(s: &'static str) -> minidom::rxml::NcName {
-    minidom::rxml::NcName::try_from(s).expect("literal attribute names are valid")
 }
 
 /// The origin-id of a stanza (XEP-0359), if any.

@@ -81,15 +81,25 @@ pub fn bundle(b: &PreKeyBundle) -> Element {
     .into()
 }
 
-/// Builds the `<encrypted>` element. `prekey` is written only when true, as libsignal clients do.
+/// Builds the `<encrypted>` element, directly (the hot path of a group message). `prekey` is written
+/// only when true, as libsignal clients do.
 pub fn encrypted(enc: Encrypted) -> Element {
-    let mut elem: Element = enc.into();
-    if let Some(header) = elem.get_child_mut("header", NS) {
-        for key in header.children_mut().filter(|c| c.is("key", NS)) {
-            key.attrs_mut().retain(|_, name, value| !(name.as_str() == "prekey" && value.as_str() == "false"));
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut header = Element::builder("header", NS).attr(super::attr_name("sid"), enc.header.sid.to_string()).build();
+    for k in &enc.header.keys {
+        let mut key = Element::builder("key", NS).attr(super::attr_name("rid"), k.rid.to_string());
+        if k.prekey {
+            key = key.attr(super::attr_name("prekey"), "true");
         }
+        header.append_child(key.append(b64.encode(&k.data)).build());
     }
-    elem
+    header.append_child(Element::builder("iv", NS).append(b64.encode(&enc.header.iv.data)).build());
+    let mut out = Element::builder("encrypted", NS).append(header).build();
+    if let Some(p) = &enc.payload {
+        out.append_child(Element::builder("payload", NS).append(b64.encode(&p.data)).build());
+    }
+    out
 }
 
 /// Reads an `<encrypted>` element (base64 whitespace tolerated; `prekey` may be `true` or `1`).
@@ -123,6 +133,29 @@ mod tests {
         assert_eq!(enc.header.keys.len(), 3);
         assert!(enc.header.keys.iter().all(|k| k.prekey));
         assert_eq!(enc.header.iv.data.len(), 12);
+    }
+
+    /// The direct builder gives the element the `xmpp-parsers` type gives, minus `prekey='false'`.
+    #[test]
+    fn direct_element_equals_the_derived_one() {
+        use xmpp_parsers::legacy_omemo::{Header, Key, Payload, IV};
+        let e = Encrypted {
+            header: Header {
+                sid: 7,
+                keys: vec![
+                    Key { rid: 2, prekey: true, data: vec![1, 2, 3] },
+                    Key { rid: 3, prekey: false, data: vec![4; 40] },
+                ],
+                iv: IV { data: vec![0; 12] },
+            },
+            payload: Some(Payload { data: vec![5; 33] }),
+        };
+        let text = String::from(&encrypted(e.clone()));
+        assert_eq!(text.matches("prekey=").count(), 1);
+        let derived =
+            String::from(&Element::from(e.clone())).replace(" prekey='false'", "").replace(" prekey=\"false\"", "");
+        assert_eq!(text, derived);
+        assert_eq!(parse_encrypted(&parse_element(&text).unwrap()).unwrap(), e);
     }
 
     #[test]

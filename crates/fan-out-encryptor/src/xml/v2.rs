@@ -238,6 +238,33 @@ pub fn bundle(b: &PreKeyBundle) -> Option<Element> {
     )
 }
 
+impl Encrypted {
+    /// The element, built directly (the same element `Element::from` gives, several times faster: this
+    /// is the hot path of a group message with thousands of keys).
+    pub fn to_element(&self) -> Element {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut header =
+            Element::builder("header", NS).attr(super::attr_name("sid"), self.header.sid.to_string()).build();
+        for group in &self.header.keys {
+            let mut keys = Element::builder("keys", NS).attr(super::attr_name("jid"), group.jid.as_str()).build();
+            for k in &group.keys {
+                let mut key = Element::builder("key", NS).attr(super::attr_name("rid"), k.rid.to_string());
+                if let Some(kex) = k.kex {
+                    key = key.attr(super::attr_name("kex"), if kex { "true" } else { "false" });
+                }
+                keys.append_child(key.append(b64.encode(&k.data)).build());
+            }
+            header.append_child(keys);
+        }
+        let mut out = Element::builder("encrypted", NS).append(header).build();
+        if let Some(p) = &self.payload {
+            out.append_child(Element::builder("payload", NS).append(b64.encode(&p.data)).build());
+        }
+        out
+    }
+}
+
 /// Reads an `<encrypted>` element (base64 whitespace tolerated; `kex` may be `true` or `1`).
 pub fn parse_encrypted(elem: &Element) -> Result<Encrypted, XmlError> {
     let mut elem = elem.clone();
@@ -266,6 +293,33 @@ mod tests {
         assert!(!enc.header.keys.is_empty() && enc.payload.is_some());
         let first = &enc.header.keys[0];
         assert!(enc.key_for(&first.jid, first.keys[0].rid).is_some());
+    }
+
+    #[test]
+    fn direct_element_equals_the_derived_one() {
+        let e = Encrypted {
+            header: Header {
+                sid: 7,
+                keys: vec![
+                    Keys {
+                        jid: "a@b".into(),
+                        keys: vec![
+                            Key { rid: 2, kex: Some(true), data: vec![1, 2, 3] },
+                            Key { rid: 3, kex: None, data: vec![] },
+                        ],
+                    },
+                    Keys {
+                        jid: "o'brien&co@b".into(),
+                        keys: vec![Key { rid: 4, kex: Some(false), data: vec![9; 50] }],
+                    },
+                ],
+            },
+            payload: Some(Payload { data: vec![5; 33] }),
+        };
+        assert_eq!(e.to_element(), Element::from(e.clone()));
+        assert_eq!(String::from(&e.to_element()), String::from(&Element::from(e.clone())));
+        let empty = Encrypted { header: Header { sid: 1, keys: vec![] }, payload: None };
+        assert_eq!(empty.to_element(), Element::from(empty.clone()));
     }
 
     #[test]
