@@ -338,3 +338,49 @@ fn restart_from_sqlite_and_catch_up_from_the_archive() {
         }
     }
 }
+
+#[test]
+fn silent_device_goes_stale_and_resumes_when_it_speaks() {
+    let mut w = World::new(
+        "stale",
+        &[
+            ("alice@example.org", "alice", NamespaceSet::BOTH),
+            ("bob@example.org", "bob", NamespaceSet::BOTH),
+            ("carol@example.org", "carol", NamespaceSet::BOTH),
+        ],
+        &[],
+    );
+    let best_effort = GroupOptions { missing: MissingDevicePolicy::BestEffort, ..GroupOptions::default() };
+    // Carol reads and answers; bob reads but never writes.
+    for i in 0..session_store::ratchet::STALE_AFTER {
+        let stanza = w.send_with(0, &format!("m{i}"), &best_effort, None).unwrap();
+        let live = w.reflect(0, &stanza);
+        w.plaintext(1, &live);
+        if i % 20 == 0 {
+            let reply = w.send(2, "carol here");
+            let live = w.reflect(2, &reply);
+            w.plaintext(0, &live);
+        }
+    }
+    w.sync_device_lists(0);
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let d = &w.devices[0];
+    let msg = encrypt_group_message(&d.store, &d.room, "x", &[], &best_effort, 1, &mut rng).unwrap();
+    assert!(
+        msg.coverage.devices_left_out.iter().any(|(a, why)| a.jid == "bob@example.org" && *why == Left::Stale),
+        "{:?}",
+        msg.coverage
+    );
+    assert!(msg.coverage.keyed.iter().any(|(a, _)| a.jid == "carol@example.org"));
+    // Under Block, bob (his only device stale) stops the send.
+    assert!(
+        matches!(encrypt_group_message(&d.store, &d.room, "x", &[], &GroupOptions::default(), 1, &mut rng), Err(GroupError::MembersWithoutDevices(ref m)) if m == &vec!["bob@example.org".to_owned()])
+    );
+    // Bob speaks: he is back.
+    let reply = w.send(1, "still here");
+    let live = w.reflect(1, &reply);
+    assert_eq!(w.plaintext(0, &live), "still here");
+    let stanza = w.send(0, "welcome back");
+    let live = w.reflect(0, &stanza);
+    assert_eq!(w.plaintext(1, &live), "welcome back");
+}

@@ -36,12 +36,24 @@ pub struct Decrypted {
     pub identity: IdentityInfo,
     /// A pre-key consumed by the key exchange (our bundle must be republished).
     pub consumed_pre_key: Option<u32>,
+    /// Answer the sender's device with an empty message (session completion after its key exchange, or
+    /// a heartbeat): see [`session_store::session::DecryptedKey::reply_due`].
+    pub reply_due: bool,
 }
 
 impl fmt::Debug for Decrypted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self { plaintext, envelope: _, sender_jid: _, sender_device, namespace, kex, identity, consumed_pre_key } =
-            self;
+        let Self {
+            plaintext,
+            envelope: _,
+            sender_jid: _,
+            sender_device,
+            namespace,
+            kex,
+            identity,
+            consumed_pre_key,
+            reply_due,
+        } = self;
         f.debug_struct("Decrypted")
             .field("plaintext_len", &plaintext.as_ref().map(|p| p.len()))
             .field("sender_device", sender_device)
@@ -49,6 +61,7 @@ impl fmt::Debug for Decrypted {
             .field("kex", kex)
             .field("identity", identity)
             .field("consumed_pre_key", consumed_pre_key)
+            .field("reply_due", reply_due)
             .finish_non_exhaustive()
     }
 }
@@ -145,6 +158,7 @@ pub fn decrypt_v2(
             kex: out.kex,
             identity: out.identity,
             consumed_pre_key: out.consumed_pre_key,
+            reply_due: out.reply_due,
         },
         changes,
     ))
@@ -191,6 +205,7 @@ pub fn decrypt_0_3(
                 kex: out.kex,
                 identity: out.identity,
                 consumed_pre_key: out.consumed_pre_key,
+                reply_due: out.reply_due,
             },
             changes,
         ));

@@ -80,6 +80,9 @@ pub enum Left {
     Distrusted,
     /// The device's identity key awaits a trust decision.
     Undecided,
+    /// The device did not answer our last [`session_store::ratchet::STALE_AFTER`] messages: left out
+    /// until it speaks again.
+    Stale,
     /// The session refused to encrypt.
     SessionFailed(String),
 }
@@ -254,6 +257,10 @@ pub fn encrypt_group_message(
             coverage.devices_left_out.push((addr.clone(), Left::NoBundle("no session".into())));
             continue;
         };
+        if record.is_stale() {
+            coverage.devices_left_out.push((addr.clone(), Left::Stale));
+            continue;
+        }
         let Some(key) = record.remote_identity() else { continue };
         let trust = match changes.trust.iter().rev().find(|(j, k, _)| *j == addr.jid && *k == key) {
             Some((_, _, t)) => Some(*t),

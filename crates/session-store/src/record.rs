@@ -81,6 +81,10 @@ struct StateProto {
     ns: u32,
     #[prost(bytes = "vec", optional, tag = "15")]
     remote_identity_ed25519: Option<Vec<u8>>,
+    #[prost(uint32, tag = "16")]
+    received_since_send: u32,
+    #[prost(uint32, tag = "17")]
+    sent_since_receive: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -139,6 +143,8 @@ fn chain_from(p: &ChainProto) -> Result<ReceiverChain, StoreError> {
 
 fn state_to(s: &SessionState) -> StateProto {
     StateProto {
+        received_since_send: s.received_since_send,
+        sent_since_receive: s.sent_since_receive,
         ns: s.ns.code().into(),
         remote_identity_ed25519: s.remote_identity_ed25519.map(|k| k.to_vec()),
         remote_identity: s.remote_identity.as_bytes().to_vec(),
@@ -184,6 +190,8 @@ fn state_from(p: &StateProto) -> Result<SessionState, StoreError> {
         return Err(StoreError::Corrupt("OMEMO 2 session without Ed25519 identity"));
     }
     Ok(SessionState {
+        received_since_send: p.received_since_send,
+        sent_since_receive: p.sent_since_receive,
         ns,
         remote_identity_ed25519,
         remote_identity: PublicKey::from_bytes(arr(&p.remote_identity, "remote identity")?),

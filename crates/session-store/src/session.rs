@@ -54,15 +54,20 @@ pub struct DecryptedKey {
     pub identity: IdentityInfo,
     /// The pre-key the key exchange consumed (deleted and replaced in the change set).
     pub consumed_pre_key: Option<u32>,
+    /// XEP-0384: answer with an empty message now, because this key exchange built a new session (so
+    /// the initiator stops sending key exchanges), or because [`crate::ratchet::HEARTBEAT_AFTER`]
+    /// messages arrived without our answering.
+    pub reply_due: bool,
 }
 
 impl fmt::Debug for DecryptedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Self { plaintext: _, kex, identity, consumed_pre_key } = self;
+        let Self { plaintext: _, kex, identity, consumed_pre_key, reply_due } = self;
         f.debug_struct("DecryptedKey")
             .field("kex", kex)
             .field("identity", identity)
             .field("consumed_pre_key", consumed_pre_key)
+            .field("reply_due", reply_due)
             .finish_non_exhaustive()
     }
 }
@@ -263,8 +268,12 @@ fn decrypt_key_exchange(
         consumed_pre_key = Some(pre_key_id);
         plaintext
     };
+    let reply_due = consumed_pre_key.is_some() || record.heartbeat_due();
     changes.sessions.push((from.clone(), record));
-    Ok((DecryptedKey { plaintext: Zeroizing::new(plaintext), kex: true, identity, consumed_pre_key }, changes))
+    Ok((
+        DecryptedKey { plaintext: Zeroizing::new(plaintext), kex: true, identity, consumed_pre_key, reply_due },
+        changes,
+    ))
 }
 
 fn decrypt_message(
@@ -282,6 +291,10 @@ fn decrypt_message(
         return Err(SessionError::Distrusted { jid: from.jid.clone(), device: from.device });
     }
     let plaintext = record.decrypt(&account.local_identity(), msg, rng)?;
+    let reply_due = record.heartbeat_due();
     changes.sessions.push((from.clone(), record));
-    Ok((DecryptedKey { plaintext: Zeroizing::new(plaintext), kex: false, identity, consumed_pre_key: None }, changes))
+    Ok((
+        DecryptedKey { plaintext: Zeroizing::new(plaintext), kex: false, identity, consumed_pre_key: None, reply_due },
+        changes,
+    ))
 }

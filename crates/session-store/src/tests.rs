@@ -308,6 +308,38 @@ macro_rules! store_conformance_tests {
         }
 
         #[test]
+        fn reply_due_heartbeat_and_staleness() {
+            for mut p in pairs(14) {
+                p.start();
+                let first = p.a_to_b(b"0");
+                let out = p.b_reads(&first.data).unwrap();
+                assert!(out.reply_due, "a key exchange that built a session asks for a completion reply");
+                // 52 more messages without an answer: the 53rd received asks for a heartbeat.
+                for i in 1..ratchet::HEARTBEAT_AFTER {
+                    let k = p.a_to_b(&[i as u8]);
+                    let out = p.b_reads(&k.data).unwrap();
+                    assert_eq!(out.reply_due, i + 1 >= ratchet::HEARTBEAT_AFTER, "message {i}");
+                }
+                let b_addr = Pair::<_>::addr_in(&p.b, p.ns);
+                let a_addr = Pair::<_>::addr_in(&p.a, p.ns);
+                assert!(p.b.session(&a_addr).unwrap().unwrap().heartbeat_due());
+                let hb = p.b_to_a(b"");
+                assert!(!p.b.session(&a_addr).unwrap().unwrap().heartbeat_due(), "answering resets it");
+                p.a_reads(&hb.data).unwrap();
+                // A sends STALE_AFTER messages without any answer: B's device is stale for A.
+                for _ in 0..ratchet::STALE_AFTER {
+                    assert!(!p.a.session(&b_addr).unwrap().unwrap().is_stale());
+                    p.a_to_b(b"unanswered");
+                }
+                assert!(p.a.session(&b_addr).unwrap().unwrap().is_stale());
+                // When B speaks, A resumes.
+                let k = p.b_to_a(b"back");
+                p.a_reads(&k.data).unwrap();
+                assert!(!p.a.session(&b_addr).unwrap().unwrap().is_stale());
+            }
+        }
+
+        #[test]
         fn ledger_and_seen_stanzas() {
             let mut p = pair(13);
             let entry = LedgerEntry {

@@ -123,6 +123,8 @@ pub(crate) fn initiate(
         previous_receiver: None,
         skipped: VecDeque::new(),
         pending: Some(PendingKeyExchange { pre_key_id: Some(pre_key_id), signed_pre_key_id: bundle.signed_pre_key_id }),
+        received_since_send: 0,
+        sent_since_receive: 0,
     })
 }
 
@@ -156,5 +158,7 @@ pub(crate) fn respond(
         previous_receiver: None,
         skipped: VecDeque::new(),
         pending: None,
+        received_since_send: 0,
+        sent_since_receive: 0,
     })
 }

@@ -27,6 +27,14 @@ pub const MAX_SKIPPED_KEYS: usize = 1000;
 /// counter must not make us derive (and store) millions of keys.
 pub const MAX_MESSAGE_GAP: u32 = 1000;
 
+/// XEP-0384: after this many messages received on a session without our answering, send an empty
+/// message (heartbeat) so that the peer's ratchet moves forward.
+pub const HEARTBEAT_AFTER: u32 = 53;
+
+/// After this many messages sent to a device without any answer from it, stop encrypting to it (it is
+/// reported as stale) until it speaks again.
+pub const STALE_AFTER: u32 = 106;
+
 /// Earlier session states kept per device besides the current one. Two devices that start sessions with
 /// each other at the same moment each end up with two; messages on the older one must still decrypt.
 /// libsignal keeps 40; a handful covers the real race while keeping records small.
@@ -179,6 +187,10 @@ pub(crate) struct SessionState {
     pub(crate) previous_receiver: Option<ReceiverChain>,
     pub(crate) skipped: VecDeque<(PublicKey, MessageKeySeed)>,
     pub(crate) pending: Option<PendingKeyExchange>,
+    /// Messages received since we last sent on this session.
+    pub(crate) received_since_send: u32,
+    /// Messages sent since we last received on this session.
+    pub(crate) sent_since_receive: u32,
 }
 
 impl fmt::Debug for SessionState {
@@ -197,6 +209,8 @@ impl fmt::Debug for SessionState {
             previous_receiver: _,
             skipped,
             pending,
+            received_since_send,
+            sent_since_receive,
         } = self;
         f.debug_struct("SessionState")
             .field("ns", ns)
@@ -207,6 +221,8 @@ impl fmt::Debug for SessionState {
             .field("received", &receiver.as_ref().map(|r| r.chain.index()))
             .field("skipped_keys", &skipped.len())
             .field("pending_key_exchange", &pending.is_some())
+            .field("received_since_send", received_since_send)
+            .field("sent_since_receive", sent_since_receive)
             .finish_non_exhaustive()
     }
 }
@@ -305,6 +321,8 @@ impl SessionState {
             }
         };
         self.sender_chain = next;
+        self.sent_since_receive = self.sent_since_receive.saturating_add(1);
+        self.received_since_send = 0;
         Ok(out)
     }
 
@@ -357,6 +375,8 @@ impl SessionState {
         };
         // The peer answered on this session: it has it, no more key exchanges needed.
         self.pending = None;
+        self.received_since_send = self.received_since_send.saturating_add(1);
+        self.sent_since_receive = 0;
         Ok(plaintext)
     }
 }
@@ -389,6 +409,18 @@ impl SessionRecord {
     /// Will the next message be a key exchange (the peer has not answered on this session yet)?
     pub fn pending_key_exchange(&self) -> bool {
         self.current.as_ref().is_some_and(|s| s.pending.is_some())
+    }
+
+    /// XEP-0384 heartbeat: have we received [`HEARTBEAT_AFTER`] messages on the current session without
+    /// answering?
+    pub fn heartbeat_due(&self) -> bool {
+        self.current.as_ref().is_some_and(|s| s.received_since_send >= HEARTBEAT_AFTER)
+    }
+
+    /// Has the device not answered [`STALE_AFTER`] of our messages? Then we stop encrypting to it until
+    /// it speaks.
+    pub fn is_stale(&self) -> bool {
+        self.current.as_ref().is_some_and(|s| s.sent_since_receive >= STALE_AFTER)
     }
 
     /// Messages sent on the current sending chain.
