@@ -275,7 +275,12 @@ impl Context {
         } else {
             acc.jid.clone()
         };
-        let ctx = DecryptContext { sender: &sender_jid, expected_to: &expected_to, group };
+        let ctx = DecryptContext {
+            sender: &sender_jid,
+            expected_to: &expected_to,
+            group,
+            pre_keys: session_store::session::PreKeyMode::Live,
+        };
         let (out, changes) = fan_out_encryptor::decrypt_stanza(&self.store, message, &ctx, &mut OsRng)
             .map_err(|e| CliError::refused(decrypt_kind(&e), e))?;
         self.store.apply(&changes)?;

@@ -13,7 +13,8 @@ use minidom::Element;
 use participant_resolver::{Exclusion, Policy, Room};
 use rand_chacha::{rand_core::SeedableRng, ChaCha20Rng};
 use session_store::{
-    account, Account, AccountStore, Changes, Namespace, NamespaceSet, PreKeyBundle, SessionAddress, SqliteStore, Store,
+    account, session::PreKeyMode, Account, AccountStore, Changes, Namespace, NamespaceSet, PreKeyBundle,
+    SessionAddress, SqliteStore, Store,
 };
 
 const ROOM: &str = "team@muc.example.org";
@@ -172,10 +173,15 @@ impl World {
     }
 
     fn receive(&mut self, to: usize, stanza: &Element) -> Inbound {
+        self.receive_in(to, stanza, PreKeyMode::Live)
+    }
+
+    fn receive_in(&mut self, to: usize, stanza: &Element, mode: PreKeyMode) -> Inbound {
         self.sync_device_lists(to);
         let owners = |_: u32| Vec::new();
         let d = &mut self.devices[to];
-        let (inbound, changes) = receive_group_message(&d.store, &d.room, stanza, &owners, &mut self.rng).unwrap();
+        let (inbound, changes) =
+            receive_group_message(&d.store, &d.room, stanza, &owners, mode, &mut self.rng).unwrap();
         d.store.apply(&changes).unwrap();
         inbound
     }
@@ -327,9 +333,10 @@ fn restart_from_sqlite_and_catch_up_from_the_archive() {
         }
     }
     assert_eq!(own, 15);
-    // Carol catches up from the archive, in order, attributed by the archive's real JIDs.
+    // Carol catches up from the archive, in order, attributed by the archive's real JIDs; the pre-keys
+    // the senders' key exchanges used stay (hidden) until she ends the catch-up.
     for (_, stanza, text) in &archive {
-        match w.receive(3, stanza) {
+        match w.receive_in(3, stanza, PreKeyMode::CatchUp) {
             Inbound::Decrypted { message, attribution } => {
                 assert_eq!(String::from_utf8(message.plaintext.unwrap().to_vec()).unwrap(), *text);
                 assert_eq!(attribution.decided_by, Some(participant_resolver::AttributionSource::MamRealJid));
@@ -337,6 +344,11 @@ fn restart_from_sqlite_and_catch_up_from_the_archive() {
             other => panic!("{text}: {other:?}"),
         }
     }
+    let hidden = session_store::PreKeyStore::hidden_pre_keys(&w.devices[3].store).unwrap();
+    assert_eq!(hidden.len(), 2, "alice's and dave's key exchanges");
+    let ch = session_store::session::end_catch_up(&w.devices[3].store).unwrap();
+    w.devices[3].store.apply(&ch).unwrap();
+    assert!(session_store::PreKeyStore::hidden_pre_keys(&w.devices[3].store).unwrap().is_empty());
 }
 
 #[test]

@@ -75,6 +75,8 @@ pub struct Context<'a> {
     pub expected_to: &'a str,
     /// A group message: SCE `<to>` is required.
     pub group: bool,
+    /// Live, or catching up from an archive (consumed pre-keys kept until catch-up ends).
+    pub pre_keys: session::PreKeyMode,
 }
 
 /// Decrypts a `<message>`: of its `<encrypted>` elements, the OMEMO 2 one with a key for us (our JID and
@@ -113,7 +115,7 @@ pub fn decrypt_stanza(
         }
     }
     match old {
-        Some(enc) => decrypt_0_3(store, &enc, ctx.sender, rng),
+        Some(enc) => decrypt_0_3(store, &enc, ctx.sender, ctx.pre_keys, rng),
         None if found_any => Err(DecryptError::NotForThisDevice(account.device_id)),
         None => Err(DecryptError::NotEncrypted),
     }
@@ -138,7 +140,7 @@ pub fn decrypt_v2(
     let key =
         encrypted.key_for(&account.jid, account.device_id).ok_or(DecryptError::NotForThisDevice(account.device_id))?;
     let from = SessionAddress::new(Namespace::Twomemo, ctx.sender, sid);
-    let (out, changes) = session::decrypt(store, &account, &from, &key.data, rng)?;
+    let (out, changes) = session::decrypt_with(store, &account, &from, &key.data, ctx.pre_keys, rng)?;
     let (plaintext, envelope) = match &encrypted.payload {
         Some(p) => {
             let bytes = payload::decrypt_v2(&out.plaintext, &p.data)?;
@@ -170,6 +172,7 @@ pub fn decrypt_0_3(
     store: &impl Store,
     encrypted: &legacy_omemo::Encrypted,
     sender_jid: &str,
+    mode: session::PreKeyMode,
     rng: &mut impl CryptoRngCore,
 ) -> Result<(Decrypted, Changes), DecryptError> {
     let account = store.account()?.ok_or(DecryptError::Session(SessionError::NoAccount))?;
@@ -184,7 +187,7 @@ pub fn decrypt_0_3(
     let from = SessionAddress::new(Namespace::Oldmemo, sender_jid, sid);
     let mut first_err = None;
     for key in encrypted.header.keys.iter().filter(|k| k.rid == account.device_id) {
-        let (out, changes) = match session::decrypt(store, &account, &from, &key.data, rng) {
+        let (out, changes) = match session::decrypt_with(store, &account, &from, &key.data, mode, rng) {
             Ok(r) => r,
             Err(e) => {
                 first_err.get_or_insert(DecryptError::Session(e));

@@ -440,13 +440,15 @@ pub enum Inbound {
 }
 
 /// Processes a groupchat message of `room` (live, or a MAM result wrapping one). `device_owners` gives
-/// the bare JIDs whose device lists hold a device id (for attribution by device). On success apply the
+/// the bare JIDs whose device lists hold a device id (for attribution by device); `pre_keys` is
+/// [`session::PreKeyMode::CatchUp`] while reading the archive after being offline. On success apply the
 /// change set (advanced session, stanza-id seen) before showing anything.
 pub fn receive_group_message(
     store: &impl Store,
     room: &Room,
     stanza: &Element,
     device_owners: &dyn Fn(u32) -> Vec<String>,
+    pre_keys: session::PreKeyMode,
     rng: &mut impl CryptoRngCore,
 ) -> Result<(Inbound, Changes), StoreError> {
     let ids = room.message_ids(stanza);
@@ -501,7 +503,7 @@ pub fn receive_group_message(
     let Some(sender) = attribution.real_jid.clone() else {
         return Ok((Inbound::Undecryptable { cause: Cause::UnknownSender, sender: None }, changes));
     };
-    let ctx = crate::Context { sender: &sender, expected_to: room.jid(), group: true };
+    let ctx = crate::Context { sender: &sender, expected_to: room.jid(), group: true, pre_keys };
     match crate::decrypt_stanza(store, inner, &ctx, rng) {
         Ok((message, more)) => {
             changes.merge(more);

@@ -40,6 +40,8 @@ pub struct Changes {
     pub pre_keys: Vec<PreKeyRecord>,
     /// Pre-keys to delete (consumed by a key exchange that decrypted).
     pub removed_pre_keys: Vec<u32>,
+    /// Pre-keys consumed during catch-up: hidden from the bundle, deleted when catch-up ends.
+    pub hidden_pre_keys: Vec<u32>,
     /// New or advanced session records.
     pub sessions: Vec<(SessionAddress, SessionRecord)>,
     /// Identity keys seen per device (replacing an earlier one).
@@ -63,6 +65,7 @@ impl Changes {
             removed_signed_pre_keys,
             pre_keys,
             removed_pre_keys,
+            hidden_pre_keys,
             sessions,
             identities,
             trust,
@@ -75,6 +78,7 @@ impl Changes {
             && removed_signed_pre_keys.is_empty()
             && pre_keys.is_empty()
             && removed_pre_keys.is_empty()
+            && hidden_pre_keys.is_empty()
             && sessions.is_empty()
             && identities.is_empty()
             && trust.is_empty()
@@ -91,6 +95,7 @@ impl Changes {
             removed_signed_pre_keys,
             pre_keys,
             removed_pre_keys,
+            hidden_pre_keys,
             sessions,
             identities,
             trust,
@@ -105,6 +110,7 @@ impl Changes {
         self.removed_signed_pre_keys.extend(removed_signed_pre_keys);
         self.pre_keys.extend(pre_keys);
         self.removed_pre_keys.extend(removed_pre_keys);
+        self.hidden_pre_keys.extend(hidden_pre_keys);
         for (addr, rec) in sessions {
             self.sessions.retain(|(a, _)| *a != addr);
             self.sessions.push((addr, rec));

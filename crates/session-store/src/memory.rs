@@ -21,6 +21,7 @@ pub struct MemoryStore {
     account: Option<Account>,
     signed_pre_keys: BTreeMap<u32, SignedPreKeyRecord>,
     pre_keys: BTreeMap<u32, PreKeyRecord>,
+    hidden: BTreeSet<u32>,
     sessions: BTreeMap<SessionAddress, Vec<u8>>,
     identities: BTreeMap<(String, DeviceId), PublicKey>,
     trust: BTreeMap<(String, PublicKey), TrustLevel>,
@@ -50,7 +51,10 @@ impl PreKeyStore for MemoryStore {
         Ok(self.pre_keys.get(&id).cloned())
     }
     fn pre_keys(&self) -> Result<Vec<PreKeyRecord>, StoreError> {
-        Ok(self.pre_keys.values().cloned().collect())
+        Ok(self.pre_keys.values().filter(|p| !self.hidden.contains(&p.id)).cloned().collect())
+    }
+    fn hidden_pre_keys(&self) -> Result<Vec<u32>, StoreError> {
+        Ok(self.hidden.iter().copied().collect())
     }
 }
 
@@ -114,6 +118,7 @@ impl Store for MemoryStore {
             removed_signed_pre_keys,
             pre_keys,
             removed_pre_keys,
+            hidden_pre_keys,
             sessions,
             identities,
             trust,
@@ -135,6 +140,12 @@ impl Store for MemoryStore {
         }
         for id in removed_pre_keys {
             self.pre_keys.remove(id);
+            self.hidden.remove(id);
+        }
+        for id in hidden_pre_keys {
+            if self.pre_keys.contains_key(id) {
+                self.hidden.insert(*id);
+            }
         }
         for (addr, rec) in sessions {
             self.sessions.insert(addr.clone(), rec.to_bytes());

@@ -167,6 +167,23 @@ pub fn encrypt(
     Ok(EncryptedKey { data, kex })
 }
 
+/// What happens to the one-time pre-key a key exchange used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PreKeyMode {
+    /// Live traffic: deleted as soon as the key exchange decrypted (and replaced).
+    #[default]
+    Live,
+    /// Catching up from an archive (MAM): hidden from the bundle (and replaced) but kept, because two
+    /// senders may have used the same pre-key while we were offline; [`end_catch_up`] deletes it. The
+    /// session-completion replies ([`DecryptedKey::reply_due`]) wait until then too (XEP-0384).
+    CatchUp,
+}
+
+/// Ends a catch-up: the pre-keys hidden during it are deleted.
+pub fn end_catch_up(store: &impl Store) -> Result<Changes, SessionError> {
+    Ok(Changes { removed_pre_keys: store.hidden_pre_keys()?, ..Changes::default() })
+}
+
 /// The parts of a key exchange of either namespace that the responder needs.
 struct KeyExchangeParts<'a> {
     pre_key_id: Option<u32>,
@@ -188,6 +205,18 @@ pub fn decrypt(
     data: &[u8],
     rng: &mut impl CryptoRngCore,
 ) -> Result<(DecryptedKey, Changes), SessionError> {
+    decrypt_with(store, account, from, data, PreKeyMode::Live, rng)
+}
+
+/// [`decrypt`], choosing what happens to a consumed pre-key (see [`PreKeyMode`]).
+pub fn decrypt_with(
+    store: &impl Store,
+    account: &Account,
+    from: &SessionAddress,
+    data: &[u8],
+    mode: PreKeyMode,
+    rng: &mut impl CryptoRngCore,
+) -> Result<(DecryptedKey, Changes), SessionError> {
     match from.namespace {
         Namespace::Oldmemo => {
             if let Ok(kex) = PreKeySignalMessage::parse(data) {
@@ -200,7 +229,7 @@ pub fn decrypt(
                     identity_ed25519: None,
                     message: (&msg).into(),
                 };
-                decrypt_key_exchange(store, account, from, parts, rng)
+                decrypt_key_exchange(store, account, from, parts, mode, rng)
             } else {
                 let msg = SignalMessage::parse(data)?;
                 decrypt_message(store, account, from, &(&msg).into(), rng)
@@ -216,7 +245,7 @@ pub fn decrypt(
                     identity_ed25519: Some(kex.identity_key),
                     message: (&kex.message).into(),
                 };
-                decrypt_key_exchange(store, account, from, parts, rng)
+                decrypt_key_exchange(store, account, from, parts, mode, rng)
             } else {
                 let msg = AuthenticatedMessage::parse(data)?;
                 decrypt_message(store, account, from, &(&msg).into(), rng)
@@ -230,6 +259,7 @@ fn decrypt_key_exchange(
     account: &Account,
     from: &SessionAddress,
     kex: KeyExchangeParts<'_>,
+    mode: PreKeyMode,
     rng: &mut impl CryptoRngCore,
 ) -> Result<(DecryptedKey, Changes), SessionError> {
     let our = account.local_identity();
@@ -260,9 +290,12 @@ fn decrypt_key_exchange(
         )?;
         let plaintext = state.decrypt(&our, &kex.message, rng)?;
         record.promote(state);
-        // Only now that the key exchange decrypted: delete the pre-key and publish a replacement.
+        // Only now that the key exchange decrypted: retire the pre-key and publish a replacement.
         let mut fresh = store.account()?.ok_or(SessionError::NoAccount)?;
-        changes.removed_pre_keys.push(pre_key_id);
+        match mode {
+            PreKeyMode::Live => changes.removed_pre_keys.push(pre_key_id),
+            PreKeyMode::CatchUp => changes.hidden_pre_keys.push(pre_key_id),
+        }
         changes.pre_keys.push(fresh.new_pre_key(rng));
         changes.account = Some(fresh);
         consumed_pre_key = Some(pre_key_id);

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_initial.sql"),
     include_str!("migrations/002_account_namespaces.sql"),
     include_str!("migrations/003_ledger.sql"),
+    include_str!("migrations/004_hidden_pre_keys.sql"),
 ];
 
 /// Store over a rusqlite connection. Tables are prefixed `omemo_`; the schema version is kept in
@@ -163,8 +164,13 @@ impl<C: BorrowMut<Connection>> PreKeyStore for SqliteStore<C> {
         row.map(|(private, public)| Ok(PreKeyRecord { id, key_pair: pair(private, public)? })).transpose()
     }
 
+    fn hidden_pre_keys(&self) -> Result<Vec<u32>, StoreError> {
+        self.hidden_ids()
+    }
+
     fn pre_keys(&self) -> Result<Vec<PreKeyRecord>, StoreError> {
-        let mut stmt = self.c().prepare_cached("SELECT id, private, public FROM omemo_pre_key ORDER BY id")?;
+        let mut stmt =
+            self.c().prepare_cached("SELECT id, private, public FROM omemo_pre_key WHERE hidden = 0 ORDER BY id")?;
         let rows =
             stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?)))?;
         rows.map(|row| {
@@ -172,6 +178,14 @@ impl<C: BorrowMut<Connection>> PreKeyStore for SqliteStore<C> {
             Ok(PreKeyRecord { id: u32_of(id, "pre-key id")?, key_pair: pair(private, public)? })
         })
         .collect()
+    }
+}
+
+impl<C: BorrowMut<Connection>> SqliteStore<C> {
+    fn hidden_ids(&self) -> Result<Vec<u32>, StoreError> {
+        let mut stmt = self.c().prepare_cached("SELECT id FROM omemo_pre_key WHERE hidden = 1 ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        rows.map(|r| u32_of(r?, "pre-key id")).collect()
     }
 }
 
@@ -312,6 +326,7 @@ impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
             removed_signed_pre_keys,
             pre_keys,
             removed_pre_keys,
+            hidden_pre_keys,
             sessions,
             identities,
             trust,
@@ -358,6 +373,10 @@ impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
             }
             let mut stmt = tx.prepare_cached("DELETE FROM omemo_pre_key WHERE id = ?1")?;
             for id in removed_pre_keys {
+                stmt.execute([id])?;
+            }
+            let mut stmt = tx.prepare_cached("UPDATE omemo_pre_key SET hidden = 1 WHERE id = ?1")?;
+            for id in hidden_pre_keys {
                 stmt.execute([id])?;
             }
             let mut stmt = tx.prepare_cached(

@@ -307,6 +307,49 @@ macro_rules! store_conformance_tests {
             }
         }
 
+        /// Two senders used the same pre-key while we were offline: in catch-up both key exchanges
+        /// decrypt; live, the second one fails; ending catch-up deletes the hidden pre-key.
+        #[test]
+        fn catch_up_keeps_used_pre_keys_until_it_ends() {
+            for ns in [Namespace::Oldmemo, Namespace::Twomemo] {
+                let mut rng = ChaCha20Rng::seed_from_u64(15);
+                let mut bob = $make();
+                bob.apply(&Account::create("bob@example.org", NamespaceSet::BOTH, &[], 0, &mut rng)).unwrap();
+                let b_acc = bob.account().unwrap().unwrap();
+                let mut bundle = account::own_bundle_for(&bob, ns).unwrap();
+                bundle.pre_keys.truncate(1);
+                let shared = bundle.pre_keys[0].0;
+                let to_bob = SessionAddress::new(ns, "bob@example.org", b_acc.device_id);
+                let mut kexes = Vec::new();
+                for who in ["alice@example.org", "carol@example.org", "dave@example.org"] {
+                    let mut s = $make();
+                    s.apply(&Account::create(who, NamespaceSet::BOTH, &[], 0, &mut rng)).unwrap();
+                    let acc = s.account().unwrap().unwrap();
+                    let mut ch = Changes::default();
+                    session::initiate(&s, &acc, &to_bob, &bundle, &mut ch, &mut rng).unwrap();
+                    let k = session::encrypt(&s, &acc, &to_bob, b"hi", &mut ch).unwrap();
+                    kexes.push((SessionAddress::new(ns, who, acc.device_id), k.data));
+                }
+                // Catch-up: the first two decrypt, the pre-key is hidden, not deleted.
+                for (from, data) in &kexes[..2] {
+                    let (out, ch) =
+                        session::decrypt_with(&bob, &b_acc, from, data, session::PreKeyMode::CatchUp, &mut rng).unwrap();
+                    assert_eq!(out.consumed_pre_key, Some(shared));
+                    bob.apply(&ch).unwrap();
+                }
+                assert!(bob.pre_key(shared).unwrap().is_some());
+                assert_eq!(bob.hidden_pre_keys().unwrap(), vec![shared]);
+                assert!(!account::own_bundle(&bob).unwrap().pre_keys.iter().any(|(id, _)| *id == shared), "hidden keys are not published");
+                assert_eq!(bob.pre_keys().unwrap().len(), 101, "replacements keep the bundle full");
+                // Catch-up ends: the pre-key is gone, and a later (live) key exchange with it fails precisely.
+                let ch = session::end_catch_up(&bob).unwrap();
+                bob.apply(&ch).unwrap();
+                assert!(bob.pre_key(shared).unwrap().is_none() && bob.hidden_pre_keys().unwrap().is_empty());
+                let (from, data) = &kexes[2];
+                assert!(matches!(session::decrypt(&bob, &b_acc, from, data, &mut rng), Err(SessionError::UnknownPreKey(id)) if id == shared));
+            }
+        }
+
         #[test]
         fn reply_due_heartbeat_and_staleness() {
             for mut p in pairs(14) {
@@ -426,7 +469,7 @@ mod sqlite_store {
         {
             let mut s = SqliteStore::open(&dir).unwrap();
             s.apply(&Account::create("a@b", NamespaceSet::BOTH, &[], 0, &mut ChaCha20Rng::seed_from_u64(1))).unwrap();
-            assert_eq!(s.schema_version().unwrap(), 3);
+            assert_eq!(s.schema_version().unwrap(), 4);
         }
         let s = SqliteStore::open(&dir).unwrap();
         assert_eq!(s.account().unwrap().unwrap().jid, "a@b");
@@ -448,7 +491,7 @@ mod sqlite_store {
             })
             .collect();
         for t in threads {
-            assert_eq!(t.join().unwrap().unwrap().unwrap(), 3);
+            assert_eq!(t.join().unwrap().unwrap().unwrap(), 4);
         }
         let _ = std::fs::remove_file(&path);
     }
@@ -460,7 +503,7 @@ mod sqlite_store {
         let path = std::env::temp_dir().join(format!("omemo-store-v1-{}.sqlite3", std::process::id()));
         std::fs::copy(fixture, &path).unwrap();
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 3);
+        assert_eq!(s.schema_version().unwrap(), 4);
         let acc = s.account().unwrap().unwrap();
         assert_eq!(acc.jid, "bob@example.org");
         assert_eq!(acc.namespaces, NamespaceSet::OLDMEMO, "schema-1 devices spoke OMEMO 0.3 only");

@@ -21,8 +21,10 @@ pub trait AccountStore {
 pub trait PreKeyStore {
     /// One pre-key.
     fn pre_key(&self, id: u32) -> Result<Option<PreKeyRecord>, StoreError>;
-    /// Every pre-key we hold.
+    /// Every pre-key we publish (not the hidden ones).
     fn pre_keys(&self) -> Result<Vec<PreKeyRecord>, StoreError>;
+    /// Pre-keys consumed during catch-up: kept (a second key exchange may use them) but not published.
+    fn hidden_pre_keys(&self) -> Result<Vec<u32>, StoreError>;
 }
 
 /// Signed pre-keys.
