@@ -9,6 +9,7 @@ pub use fan_out_encryptor;
 pub use participant_resolver;
 pub use session_store;
 
+pub mod benchmark;
 pub mod cli;
 pub mod inspect;
 pub mod pep_dir;

@@ -10,6 +10,9 @@
 //!   devices [--peer JID]
 //!   trust --peer JID --device ID --level verified|distrusted|blind
 //!
+//! omemo-muc bench fanout --devices N --store sqlite|memory [--cold] [--json]
+//!   the whole send path (resolve, wrap, stanza, commit) to N devices: median time per message
+//!
 //! omemo-muc inspect-room --own-jid BAREJID --room ROOMJID [FILE] [--sender-of ID] [--allow-open-rooms]
 //!   replays captured stanzas (FILE, else stdin) into the room model; prints eligibility, recipients,
 //!   exclusions, occupants, and with --sender-of the attribution of that message
@@ -50,10 +53,11 @@ const VALUED: &[&str] = &[
     "--own-jid",
     "--room-jid",
     "--sender-of",
+    "--devices",
 ];
 
 /// Flags without a value.
-const SWITCHES: &[&str] = &["--allow-open-rooms"];
+const SWITCHES: &[&str] = &["--allow-open-rooms", "--cold", "--json"];
 
 struct Args {
     command: String,
@@ -142,9 +146,49 @@ fn inspect_room(args: &Args) -> Result<String, CliError> {
     Ok(omemo_muc::inspect::inspect(room, own, policy, &stanzas, args.one("--sender-of")).to_string())
 }
 
+fn bench(args: &Args) -> Result<String, CliError> {
+    if args.positional.first().map(String::as_str) != Some("fanout") {
+        return Err(CliError::usage(
+            "usage: omemo-muc bench fanout --devices N --store sqlite|memory [--cold] [--json]",
+        ));
+    }
+    let devices: usize = args
+        .need("--devices")?
+        .parse()
+        .ok()
+        .filter(|n| (1..=100_000).contains(n))
+        .ok_or_else(|| CliError::usage("--devices must be a number from 1 to 100000"))?;
+    let sqlite = match args.one("--store").unwrap_or("sqlite") {
+        "sqlite" => true,
+        "memory" => false,
+        other => return Err(CliError::usage(format!("--store must be sqlite or memory, not {other:?}"))),
+    };
+    let has = |s: &str| args.switches.iter().any(|x| x == s);
+    let f = omemo_muc::benchmark::measure(devices, sqlite, has("--cold"), &mut rand_core::OsRng)
+        .map_err(|e| CliError::usage(format!("benchmark failed: {e}")))?;
+    Ok(if has("--json") {
+        json!({"devices": f.devices, "store": f.store, "cold": f.cold, "median_ms": f.median_ms,
+               "per_device_us": f.per_device_us, "runs": f.runs})
+        .to_string()
+    } else {
+        format!(
+            "{} devices, {} store, {}: median {:.2} ms per message ({:.2} µs per device) over {} messages",
+            f.devices,
+            f.store,
+            if f.cold { "cold start" } else { "steady state" },
+            f.median_ms,
+            f.per_device_us,
+            f.runs
+        )
+    })
+}
+
 fn run(args: &Args) -> Result<String, CliError> {
     if args.command == "inspect-room" {
         return inspect_room(args);
+    }
+    if args.command == "bench" {
+        return bench(args);
     }
     if let Some(extra) = args.positional.first() {
         return Err(CliError::usage(format!("unexpected argument {extra:?}\n{USAGE}")));

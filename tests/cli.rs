@@ -202,3 +202,19 @@ fn inspect_room_replays_captured_stanzas() {
     assert!(v["why_not"].as_str().unwrap().contains("disco#info"), "{v}");
     assert_eq!(tool(&["inspect-room", "--room", "r@x"], Some("")).0, 1);
 }
+
+/// `bench fanout` measures the whole send path and reports it (tiny sizes: this is a test, not a benchmark).
+#[test]
+fn bench_fanout_reports_figures() {
+    let (code, out, err) = tool(&["bench", "fanout", "--devices", "3", "--store", "memory", "--json"], None);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["devices"], 3);
+    assert_eq!(v["store"], "memory");
+    assert!(v["median_ms"].as_f64().unwrap() > 0.0 && v["runs"].as_u64().unwrap() > 0);
+    let (code, out, _) = tool(&["bench", "fanout", "--devices", "2", "--store", "sqlite", "--cold"], None);
+    assert_eq!(code, 0);
+    assert!(out.contains("cold start"), "{out}");
+    assert_eq!(tool(&["bench", "fanout", "--devices", "2", "--store", "disk"], None).0, 1);
+    assert_eq!(tool(&["bench", "other"], None).0, 1);
+}

@@ -1,0 +1,196 @@
+//! The fan-out measurement, shared by `benches/fan_out.rs` and `omemo-muc bench fanout`: a room of N
+//! members with one OMEMO 2 device each, and the whole send path (recipients, wrap, stanza, commit).
+
+use std::time::{Duration, Instant};
+
+use fan_out_encryptor::group::{encrypt_group_message, GroupOptions};
+use minidom::Element;
+use participant_resolver::{Policy, Room};
+use rand_core::CryptoRngCore;
+use session_store::{
+    account, session, Account, AccountStore, Changes, MemoryStore, Namespace, NamespaceSet, PreKeyBundle,
+    SessionAddress, SessionError, Store, StoreError,
+};
+
+/// The room's bare JID.
+pub const ROOM: &str = "big@muc.example.org";
+/// The sender's bare JID.
+pub const SENDER: &str = "sender@example.org";
+
+/// A prepared room.
+#[derive(Debug)]
+pub struct FanOutRoom {
+    /// The sender's view of the room.
+    pub room: Room,
+    /// The members' bundles (for a cold start: no sessions yet).
+    pub bundles: Vec<(SessionAddress, Result<PreKeyBundle, String>)>,
+}
+
+/// A setup step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A session step failed.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// A stanza of the setup did not parse.
+    #[error("setup stanza: {0}")]
+    Stanza(String),
+}
+
+fn room_of(members: &[String]) -> Result<Room, SetupError> {
+    let mut room = Room::new(ROOM, SENDER, Policy::default());
+    let items: String = members.iter().map(|j| format!("<item jid='{j}' affiliation='member'/>")).collect();
+    for s in [
+        format!("<presence xmlns='jabber:client' from='{ROOM}/me'><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/><item jid='{SENDER}/r' affiliation='owner' role='moderator'/></x></presence>"),
+        format!("<iq xmlns='jabber:client' type='result' from='{ROOM}' id='d'><query xmlns='http://jabber.org/protocol/disco#info'><feature var='muc_nonanonymous'/><feature var='muc_membersonly'/></query></iq>"),
+        format!("<iq xmlns='jabber:client' type='result' from='{ROOM}' id='l'><query xmlns='http://jabber.org/protocol/muc#admin'>{items}</query></iq>"),
+    ] {
+        let e: Element = s.parse().map_err(|e: minidom::Error| SetupError::Stanza(e.to_string()))?;
+        room.apply_captured(&e).map_err(|e| SetupError::Stanza(e.to_string()))?;
+    }
+    Ok(room)
+}
+
+/// Creates the sender's account in `sender` and `n` members with one OMEMO 2 device each. With
+/// `established`, every session is built and confirmed (the member answered), so messages carry no key
+/// exchange; otherwise the members' bundles are returned for a cold start.
+pub fn prepare(
+    sender: &mut impl Store,
+    n: usize,
+    established: bool,
+    rng: &mut impl CryptoRngCore,
+) -> Result<FanOutRoom, SetupError> {
+    sender.apply(&Account::create(SENDER, NamespaceSet::TWOMEMO, &[], 0, rng))?;
+    let me = sender.account()?.ok_or(SessionError::NoAccount)?;
+    let from = SessionAddress::new(Namespace::Twomemo, SENDER, me.device_id);
+    let mut members = Vec::with_capacity(n);
+    let mut bundles = Vec::new();
+    let mut lists = Changes::default();
+    for i in 0..n {
+        let jid = format!("member{i}@example.org");
+        let mut peer = MemoryStore::default();
+        peer.apply(&Account::create(&jid, NamespaceSet::TWOMEMO, &[], 0, rng))?;
+        let them = peer.account()?.ok_or(SessionError::NoAccount)?;
+        let to = SessionAddress::new(Namespace::Twomemo, jid.clone(), them.device_id);
+        let bundle = account::own_bundle_for(&peer, Namespace::Twomemo)?;
+        if established {
+            let mut ch = Changes::default();
+            session::initiate(sender, &me, &to, &bundle, &mut ch, rng)?;
+            let k = session::encrypt(sender, &me, &to, &[0; 48], &mut ch)?;
+            sender.apply(&ch)?;
+            let (_, pch) = session::decrypt(&peer, &them, &from, &k.data, rng)?;
+            peer.apply(&pch)?;
+            let mut pch = Changes::default();
+            let reply = session::encrypt(&peer, &them, &from, &[0; 48], &mut pch)?;
+            let (_, sch) = session::decrypt(sender, &me, &to, &reply.data, rng)?;
+            sender.apply(&sch)?;
+        } else {
+            bundles.push((to, Ok(bundle)));
+        }
+        lists.device_lists.push((Namespace::Twomemo, jid.clone(), vec![them.device_id]));
+        members.push(jid);
+    }
+    sender.apply(&lists)?;
+    Ok(FanOutRoom { room: room_of(&members)?, bundles })
+}
+
+/// One message through the whole send path: encrypt (building sessions from the bundles on a cold
+/// start), commit in one transaction, and the stanza as text. Returns the time it took.
+pub fn send_once(
+    store: &mut impl Store,
+    room: &FanOutRoom,
+    rng: &mut impl CryptoRngCore,
+) -> Result<Duration, Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    let msg = encrypt_group_message(store, &room.room, "hello", &room.bundles, &GroupOptions::default(), 1, rng)?;
+    let (stanza, _) = msg.commit(store)?;
+    let text = String::from(&stanza);
+    let elapsed = start.elapsed();
+    std::hint::black_box(text);
+    Ok(elapsed)
+}
+
+/// What `omemo-muc bench fanout` measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FanOutFigures {
+    /// Recipient devices.
+    pub devices: usize,
+    /// `memory` or `sqlite`.
+    pub store: &'static str,
+    /// Cold start (sessions built from bundles) or steady state.
+    pub cold: bool,
+    /// Median time per message, milliseconds.
+    pub median_ms: f64,
+    /// The same per recipient device, microseconds.
+    pub per_device_us: f64,
+    /// Messages measured.
+    pub runs: usize,
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// Measures the send path for `devices` recipients: the median over several messages (after one that
+/// is not counted). A cold run starts each message from a store without sessions.
+pub fn measure(
+    devices: usize,
+    sqlite: bool,
+    cold: bool,
+    rng: &mut impl CryptoRngCore,
+) -> Result<FanOutFigures, Box<dyn std::error::Error>> {
+    let runs = if cold { 5 } else { 9 };
+    let mut times = Vec::with_capacity(runs);
+    if sqlite {
+        let dir = std::env::temp_dir().join(format!("omemo-muc-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let base = dir.join("base.sqlite3");
+        let _ = std::fs::remove_file(&base);
+        let room = {
+            let mut store = session_store::SqliteStore::open(&base)?;
+            prepare(&mut store, devices, !cold, rng)?
+        };
+        if cold {
+            for i in 0..=runs {
+                let copy = dir.join(format!("run{i}.sqlite3"));
+                std::fs::copy(&base, &copy)?;
+                let mut store = session_store::SqliteStore::open(&copy)?;
+                let t = send_once(&mut store, &room, rng)?;
+                if i > 0 {
+                    times.push(t);
+                }
+            }
+        } else {
+            let mut store = session_store::SqliteStore::open(&base)?;
+            send_once(&mut store, &room, rng)?;
+            for _ in 0..runs {
+                times.push(send_once(&mut store, &room, rng)?);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        let mut base = MemoryStore::default();
+        let room = prepare(&mut base, devices, !cold, rng)?;
+        let mut store = base.clone();
+        send_once(&mut store, &room, rng)?;
+        for _ in 0..runs {
+            if cold {
+                store = base.clone();
+            }
+            times.push(send_once(&mut store, &room, rng)?);
+        }
+    }
+    let m = median(times);
+    Ok(FanOutFigures {
+        devices,
+        store: if sqlite { "sqlite" } else { "memory" },
+        cold,
+        median_ms: m.as_secs_f64() * 1e3,
+        per_device_us: m.as_secs_f64() * 1e6 / devices.max(1) as f64,
+        runs,
+    })
+}
