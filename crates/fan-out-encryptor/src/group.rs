@@ -315,6 +315,9 @@ pub fn encrypt_group_message(
 
     let mut old_keys = Vec::new();
     let mut new_keys: Vec<v2::Keys> = Vec::new();
+    // Where each JID's `<keys>` group is in `new_keys` (one group per member: a linear search would be
+    // quadratic in the room size).
+    let mut group_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let mut advanced = Vec::with_capacity(wrapped.len());
     for (addr, out, record) in wrapped {
         match out {
@@ -323,9 +326,12 @@ pub fn encrypt_group_message(
                     Namespace::Oldmemo => old_keys.push(legacy_omemo::Key { rid: addr.device, prekey: kex, data }),
                     _ => {
                         let key = v2::Key { rid: addr.device, kex: kex.then_some(true), data };
-                        match new_keys.iter_mut().find(|g| g.jid == addr.jid) {
-                            Some(g) => g.keys.push(key),
-                            None => new_keys.push(v2::Keys { jid: addr.jid.clone(), keys: vec![key] }),
+                        match group_of.get(&addr.jid) {
+                            Some(&i) => new_keys[i].keys.push(key),
+                            None => {
+                                group_of.insert(addr.jid.clone(), new_keys.len());
+                                new_keys.push(v2::Keys { jid: addr.jid.clone(), keys: vec![key] });
+                            }
                         }
                     }
                 }
