@@ -295,6 +295,10 @@ fn bad_bundle_excludes_only_that_device_and_budget_is_enforced() {
     let victim = plan.need_bundles.iter().find(|a| a.jid == "carol@example.org").unwrap().clone();
     let opts = GroupOptions { missing: MissingDevicePolicy::BestEffort, ..GroupOptions::default() };
     let stanza = w.send_with(0, "with one bad bundle", &opts, Some(&victim)).unwrap();
+    // The rejected bundle left no trace: no session, no identity recorded for that device.
+    let store = &w.devices[0].store;
+    assert!(session_store::SessionStore::session(store, &victim).unwrap().is_none());
+    assert!(session_store::IdentityStore::identity(store, &victim.jid, victim.device).unwrap().is_none());
     let live = w.reflect(0, &stanza);
     assert_eq!(w.plaintext(2, &live), "with one bad bundle");
     assert!(matches!(w.receive(3, &live), Inbound::Undecryptable { cause: Cause::NotForThisDevice, .. }));

@@ -221,22 +221,53 @@ pub fn encrypt_group_message(
         coverage.members_left_out.push((jid.clone(), Left::NoDeviceList));
     }
 
-    // Sessions from the bundles, all into one change set.
+    // Sessions from the bundles, all into one change set: identities checked serially (they read the
+    // store), the X3DH agreements in parallel (each with its own generator seeded from `rng`), merged
+    // serially.
     let mut changes = Changes::default();
+    let mut to_build: Vec<(&SessionAddress, &PreKeyBundle, [u8; 32], Changes)> = Vec::new();
     for addr in &plan.need_bundles {
         match bundles.iter().find(|(a, _)| a == addr).map(|(_, b)| b) {
             None => coverage.devices_left_out.push((addr.clone(), Left::NoBundle("not fetched".into()))),
             Some(Err(e)) => coverage.devices_left_out.push((addr.clone(), Left::NoBundle(e.clone()))),
             Some(Ok(bundle)) => {
-                if let Err(e) = session::initiate(store, &account, addr, bundle, &mut changes, rng) {
-                    let why = match e {
-                        SessionError::Distrusted { .. } => Left::Distrusted,
-                        SessionError::Store(e) => return Err(e.into()),
-                        other => Left::BundleInvalid(other.to_string()),
+                let mut scratch = Changes::default();
+                let identity =
+                    match session::check_identity(store, &mut scratch, &addr.jid, addr.device, &bundle.identity_key) {
+                        Ok(i) => i,
+                        Err(SessionError::Store(e)) => return Err(e.into()),
+                        Err(e) => {
+                            coverage.devices_left_out.push((addr.clone(), Left::BundleInvalid(e.to_string())));
+                            continue;
+                        }
                     };
-                    coverage.devices_left_out.push((addr.clone(), why));
+                if identity.trust == TrustLevel::Distrusted {
+                    coverage.devices_left_out.push((addr.clone(), Left::Distrusted));
+                    continue;
                 }
+                let mut seed = [0u8; 32];
+                rng.fill_bytes(&mut seed);
+                to_build.push((addr, bundle, seed, scratch));
             }
+        }
+    }
+    let built: Vec<(&SessionAddress, Result<SessionRecord, SessionError>, Changes)> = to_build
+        .into_par_iter()
+        .map(|(addr, bundle, seed, scratch)| {
+            let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_seed(seed);
+            (addr, session::initiate_record(&account, addr.namespace, bundle, &mut rng), scratch)
+        })
+        .collect();
+    for (addr, result, scratch) in built {
+        match result {
+            Ok(fresh) => {
+                // The identity seen in the bundle is kept only with the session it built.
+                changes.merge(scratch);
+                let mut record = store.session(addr)?.unwrap_or_default();
+                record.absorb(fresh);
+                changes.sessions.push((addr.clone(), record));
+            }
+            Err(e) => coverage.devices_left_out.push((addr.clone(), Left::BundleInvalid(e.to_string()))),
         }
     }
 

@@ -147,6 +147,20 @@ pub fn initiate(
     Ok(identity)
 }
 
+/// The X3DH part of [`initiate`] alone, touching no store: a record holding just the new session.
+/// Pure and `Send`, so that many sessions can be built in parallel; check the identity first
+/// ([`check_identity`], refusing distrusted keys) and merge the result with [`SessionRecord::absorb`].
+pub fn initiate_record(
+    account: &Account,
+    ns: Namespace,
+    bundle: &PreKeyBundle,
+    rng: &mut impl CryptoRngCore,
+) -> Result<SessionRecord, SessionError> {
+    let mut record = SessionRecord::default();
+    record.promote(x3dh::initiate(ns, &account.identity, bundle, rng)?);
+    Ok(record)
+}
+
 /// Encrypts `plaintext` for `addr` on the current session, advancing it in `changes`. Refuses devices
 /// whose identity key is not trusted for encryption.
 pub fn encrypt(

@@ -436,6 +436,14 @@ impl SessionRecord {
         Ok((state.encrypt(our, plaintext)?, kex))
     }
 
+    /// Makes the current state of `newer` (a record from [`crate::session::initiate_record`]) current
+    /// here, archiving the previous one.
+    pub fn absorb(&mut self, newer: SessionRecord) {
+        if let Some(state) = newer.current {
+            self.promote(state);
+        }
+    }
+
     /// Makes `state` current, archiving the previous current state.
     pub(crate) fn promote(&mut self, state: SessionState) {
         if let Some(old) = self.current.replace(state) {
