@@ -211,7 +211,7 @@ impl Context {
         let msg = fan_out_encryptor::encrypt_message(&self.store, to, &out, choice, changes, &mut rng)?;
         // Persist every advanced session before the stanza is handed out.
         self.store.apply(&msg.changes)?;
-        let id = id.map(str::to_owned).unwrap_or_else(|| random_id(&mut rng));
+        let id = id.map(str::to_owned).unwrap_or_else(|| stanza::new_message_id(&mut rng));
         let headers = MessageHeaders {
             to: room.or(single).map(str::to_owned),
             groupchat: room.is_some(),
@@ -421,12 +421,6 @@ fn parse_stanzas(input: &str) -> Result<Vec<minidom::Element>, CliError> {
 
 fn ns_names(set: NamespaceSet) -> Vec<&'static str> {
     set.iter().map(Namespace::short_name).collect()
-}
-
-fn random_id(rng: &mut impl CryptoRngCore) -> String {
-    let mut b = [0u8; 16];
-    rng.fill_bytes(&mut b);
-    hex(&b)
 }
 
 fn hex(b: &[u8]) -> String {

@@ -11,9 +11,11 @@
 //! 2:   <encrypted xmlns='urn:xmpp:omemo:2'><header sid><keys jid><key rid [kex]/>…</keys>…</header><payload/>
 //! ```
 
+use std::collections::HashMap;
+
 use minidom::Element;
 use rand_core::CryptoRngCore;
-use session_store::{session, Changes, Namespace, SessionAddress, SessionError, Store};
+use session_store::{session, Changes, DeviceId, Namespace, SessionAddress, SessionError, Store};
 use xmpp_parsers::legacy_omemo;
 
 use crate::{
@@ -98,24 +100,84 @@ pub struct EncryptedMessage {
 impl EncryptedMessage {
     /// The `<encrypted>` elements, OMEMO 2 first.
     pub fn elements(&self) -> Vec<Element> {
-        let mut out = Vec::new();
-        if let Some(e) = &self.twomemo {
-            out.push(e.to_element());
-        }
-        if let Some(e) = &self.oldmemo {
-            out.push(crate::xml::v0_3::encrypted(e.clone()));
-        }
-        out
+        elements_and_eme(self.oldmemo.as_ref(), self.twomemo.as_ref()).0
     }
 
     /// The namespace the EME element names: OMEMO 2 when present.
     pub fn eme_namespace(&self) -> &'static str {
-        if self.twomemo.is_some() {
-            Namespace::Twomemo.xmlns()
-        } else {
-            Namespace::Oldmemo.xmlns()
+        elements_and_eme(None, self.twomemo.as_ref()).1
+    }
+}
+
+/// The key elements of one message as the devices are encrypted for, one by one: 0.3 keys in a list,
+/// OMEMO 2 keys grouped per bare JID (through an index: a room has thousands of JIDs, a linear search
+/// per device would be quadratic).
+#[derive(Debug, Default)]
+pub(crate) struct KeyElements {
+    old: Vec<legacy_omemo::Key>,
+    new: Vec<v2::Keys>,
+    group_of: HashMap<String, usize>,
+}
+
+impl KeyElements {
+    /// Adds the key element for `addr`.
+    pub(crate) fn push(&mut self, addr: &SessionAddress, data: Vec<u8>, kex: bool) {
+        match addr.namespace {
+            Namespace::Oldmemo => self.old.push(legacy_omemo::Key { rid: addr.device, prekey: kex, data }),
+            _ => {
+                let key = v2::Key { rid: addr.device, kex: kex.then_some(true), data };
+                match self.group_of.get(&addr.jid).and_then(|&i| self.new.get_mut(i)) {
+                    Some(group) => group.keys.push(key),
+                    None => {
+                        self.group_of.insert(addr.jid.clone(), self.new.len());
+                        self.new.push(v2::Keys { jid: addr.jid.clone(), keys: vec![key] });
+                    }
+                }
+            }
         }
     }
+
+    /// The `<encrypted>` of each namespace that got at least one key. `old` is the 0.3 IV and
+    /// ciphertext, `new` the OMEMO 2 ciphertext (`None` inside: an empty message without payload).
+    pub(crate) fn finish(
+        self,
+        sid: DeviceId,
+        old: Option<([u8; 12], Option<Vec<u8>>)>,
+        new: Option<Option<Vec<u8>>>,
+    ) -> (Option<legacy_omemo::Encrypted>, Option<v2::Encrypted>) {
+        let oldmemo = match (old, self.old.is_empty()) {
+            (Some((iv, ciphertext)), false) => Some(legacy_omemo::Encrypted {
+                header: legacy_omemo::Header { sid, keys: self.old, iv: legacy_omemo::IV { data: iv.to_vec() } },
+                payload: ciphertext.map(|data| legacy_omemo::Payload { data }),
+            }),
+            _ => None,
+        };
+        let twomemo = match (new, self.new.is_empty()) {
+            (Some(ciphertext), false) => Some(v2::Encrypted {
+                header: v2::Header { sid, keys: self.new },
+                payload: ciphertext.map(|data| v2::Payload { data }),
+            }),
+            _ => None,
+        };
+        (oldmemo, twomemo)
+    }
+}
+
+/// The `<encrypted>` elements of a message, OMEMO 2 first, and the namespace its EME names (OMEMO 2
+/// when that element is there).
+pub(crate) fn elements_and_eme(
+    oldmemo: Option<&legacy_omemo::Encrypted>,
+    twomemo: Option<&v2::Encrypted>,
+) -> (Vec<Element>, &'static str) {
+    let mut out = Vec::new();
+    if let Some(e) = twomemo {
+        out.push(e.to_element());
+    }
+    if let Some(e) = oldmemo {
+        out.push(crate::xml::v0_3::encrypted(e.clone()));
+    }
+    let eme = if twomemo.is_some() { Namespace::Twomemo.xmlns() } else { Namespace::Oldmemo.xmlns() };
+    (out, eme)
 }
 
 /// The devices a message to `jids` goes to, each with its namespace: the active devices of each JID's
@@ -211,8 +273,7 @@ pub fn encrypt_message(
         None => (None, zeroize::Zeroizing::new(payload::V2_EMPTY_KEY_MATERIAL.to_vec())),
     });
 
-    let mut old_keys = Vec::new();
-    let mut new_keys: Vec<v2::Keys> = Vec::new();
+    let mut keys = KeyElements::default();
     for addr in devices {
         let secret = match addr.namespace {
             Namespace::Oldmemo => old.as_ref().map(|o| &o.2),
@@ -221,18 +282,7 @@ pub fn encrypt_message(
         let Some(secret) = secret else { continue };
         match session::encrypt(store, &account, &addr, secret, &mut changes) {
             Ok(k) => {
-                match addr.namespace {
-                    Namespace::Oldmemo => {
-                        old_keys.push(legacy_omemo::Key { rid: addr.device, prekey: k.kex, data: k.data })
-                    }
-                    _ => {
-                        let key = v2::Key { rid: addr.device, kex: k.kex.then_some(true), data: k.data };
-                        match new_keys.iter_mut().find(|g| g.jid == addr.jid) {
-                            Some(g) => g.keys.push(key),
-                            None => new_keys.push(v2::Keys { jid: addr.jid.clone(), keys: vec![key] }),
-                        }
-                    }
-                }
+                keys.push(&addr, k.data, k.kex);
                 coverage.keyed.push((addr, k.kex));
             }
             Err(SessionError::NoSession) => coverage.skipped.push((addr, SkipReason::NoSession)),
@@ -244,23 +294,10 @@ pub fn encrypt_message(
     if coverage.keyed.is_empty() {
         return Err(EncryptError::NoDevices);
     }
-    let oldmemo = match (old, old_keys.is_empty()) {
-        (Some((iv, ciphertext, _)), false) => Some(legacy_omemo::Encrypted {
-            header: legacy_omemo::Header {
-                sid: account.device_id,
-                keys: old_keys,
-                iv: legacy_omemo::IV { data: iv.to_vec() },
-            },
-            payload: ciphertext.map(|data| legacy_omemo::Payload { data }),
-        }),
-        _ => None,
-    };
-    let twomemo = match (new, new_keys.is_empty()) {
-        (Some((ciphertext, _)), false) => Some(v2::Encrypted {
-            header: v2::Header { sid: account.device_id, keys: new_keys },
-            payload: ciphertext.map(|data| v2::Payload { data }),
-        }),
-        _ => None,
-    };
+    let (oldmemo, twomemo) = keys.finish(
+        account.device_id,
+        old.map(|(iv, ciphertext, _)| (iv, ciphertext)),
+        new.map(|(ciphertext, _)| ciphertext),
+    );
     Ok(EncryptedMessage { oldmemo, twomemo, changes, coverage })
 }

@@ -18,13 +18,12 @@ use session_store::{
     session, Changes, LedgerEntry, Namespace, PreKeyBundle, SessionAddress, SessionError, SessionRecord, Store,
     StoreError, TrustLevel,
 };
-use xmpp_parsers::legacy_omemo;
 
 use crate::{
-    encrypt::{recipient_devices, NamespaceChoice},
+    encrypt::{elements_and_eme, recipient_devices, KeyElements, NamespaceChoice},
     error::EncryptError,
     payload,
-    xml::{sce, stanza, v2},
+    xml::{sce, stanza},
 };
 
 /// Prosody's default stanza size limit: a bigger stanza would be dropped by the server.
@@ -193,12 +192,6 @@ fn load_plan(
     Ok((GroupPlan { recipients, devices, need_bundles, need_device_lists }, records))
 }
 
-fn random_id(rng: &mut impl CryptoRngCore) -> String {
-    let mut b = [0u8; 16];
-    rng.fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Step 2: encrypts `body` for the room. `bundles` answers the plan's `need_bundles` (a device missing
 /// from it, or answered with an error, is left out with that reason). The result must be committed with
 /// [`GroupMessage::commit`] before the stanza is sent.
@@ -344,28 +337,12 @@ pub fn encrypt_group_message(
         })
         .collect();
 
-    let mut old_keys = Vec::new();
-    let mut new_keys: Vec<v2::Keys> = Vec::new();
-    // Where each JID's `<keys>` group is in `new_keys` (one group per member: a linear search would be
-    // quadratic in the room size).
-    let mut group_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut keys = KeyElements::default();
     let mut advanced = Vec::with_capacity(wrapped.len());
     for (addr, out, record) in wrapped {
         match out {
             Ok((data, kex)) => {
-                match addr.namespace {
-                    Namespace::Oldmemo => old_keys.push(legacy_omemo::Key { rid: addr.device, prekey: kex, data }),
-                    _ => {
-                        let key = v2::Key { rid: addr.device, kex: kex.then_some(true), data };
-                        match group_of.get(&addr.jid) {
-                            Some(&i) => new_keys[i].keys.push(key),
-                            None => {
-                                group_of.insert(addr.jid.clone(), new_keys.len());
-                                new_keys.push(v2::Keys { jid: addr.jid.clone(), keys: vec![key] });
-                            }
-                        }
-                    }
-                }
+                keys.push(&addr, data, kex);
                 coverage.keyed.push((addr.clone(), kex));
                 advanced.push((addr, record));
             }
@@ -380,28 +357,10 @@ pub fn encrypt_group_message(
     }
     changes.sessions.extend(advanced);
 
-    let id = random_id(rng);
-    let mut elements = Vec::new();
-    if let (Some(p), false) = (&new, new_keys.is_empty()) {
-        elements.push(
-            v2::Encrypted {
-                header: v2::Header { sid: account.device_id, keys: new_keys },
-                payload: Some(v2::Payload { data: p.ciphertext.clone() }),
-            }
-            .to_element(),
-        );
-    }
-    if let (Some(p), false) = (&old, old_keys.is_empty()) {
-        elements.push(crate::xml::v0_3::encrypted(legacy_omemo::Encrypted {
-            header: legacy_omemo::Header {
-                sid: account.device_id,
-                keys: old_keys,
-                iv: legacy_omemo::IV { data: p.iv.to_vec() },
-            },
-            payload: Some(legacy_omemo::Payload { data: p.ciphertext.clone() }),
-        }));
-    }
-    let eme = if new.is_some() { Namespace::Twomemo.xmlns() } else { Namespace::Oldmemo.xmlns() };
+    let id = stanza::new_message_id(rng);
+    let (oldmemo, twomemo) =
+        keys.finish(account.device_id, old.map(|p| (p.iv, Some(p.ciphertext))), new.map(|p| Some(p.ciphertext)));
+    let (elements, eme) = elements_and_eme(oldmemo.as_ref(), twomemo.as_ref());
     let headers = stanza::MessageHeaders {
         to: Some(room.jid().to_owned()),
         groupchat: true,

@@ -53,6 +53,13 @@ pub fn build_message(headers: &MessageHeaders, encrypted: Vec<Element>) -> Eleme
     msg
 }
 
+/// A new random stanza id (also the origin-id): 128 bits, in hex.
+pub fn new_message_id(rng: &mut impl rand_core::CryptoRngCore) -> String {
+    let mut b = [0u8; 16];
+    rng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// The origin-id of a stanza (XEP-0359), if any.
 pub fn origin_id(msg: &Element) -> Option<&str> {
     msg.get_child("origin-id", "urn:xmpp:sid:0").and_then(|e| e.attr("id"))
