@@ -13,3 +13,4 @@ pub mod benchmark;
 pub mod cli;
 pub mod inspect;
 pub mod pep_dir;
+pub mod world;

@@ -85,6 +85,11 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
         u32_of(v, "schema version")
     }
 
+    /// The database file, if the store lives in one (an in-memory database has none).
+    pub fn path(&self) -> Option<std::path::PathBuf> {
+        self.c().path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from)
+    }
+
     /// Gives the connection back.
     pub fn into_inner(self) -> C {
         self.conn
