@@ -350,8 +350,10 @@ impl<S: Storage> World<S> {
                 }
             }
         }
-        let mut ch = Changes::default();
-        ch.device_lists = lists.into_iter().map(|((ns, jid), ids)| (ns, jid, ids)).collect();
+        let ch = Changes {
+            device_lists: lists.into_iter().map(|((ns, jid), ids)| (ns, jid, ids)).collect(),
+            ..Changes::default()
+        };
         self.devices[to].store.apply(&ch)?;
         Ok(())
     }
