@@ -18,8 +18,8 @@ pub fn parse_stream(text: &str) -> Result<Vec<Element>, CliError> {
         }
     }
     let wrapped = format!("<stream xmlns='jabber:client'>{clean}</stream>");
-    let root: Element =
-        wrapped.parse().map_err(|e| CliError::usage(format!("the input is not a sequence of XML stanzas: {e}")))?;
+    let root: Element = participant_resolver::xml::parse_text(&wrapped)
+        .map_err(|e| CliError::usage(format!("the input is not a sequence of XML stanzas: {e}")))?;
     Ok(root.children().cloned().collect())
 }
 

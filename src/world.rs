@@ -150,7 +150,7 @@ pub fn escape(s: &str) -> String {
 }
 
 fn parse(text: &str) -> Result<Element, WorldError> {
-    text.parse::<Element>().map_err(|e| WorldError::Xml(e.to_string()))
+    participant_resolver::xml::parse_text(text).map_err(WorldError::Xml)
 }
 
 impl<S: Storage> World<S> {
@@ -201,6 +201,35 @@ impl<S: Storage> World<S> {
             w.join(i)?;
         }
         Ok(w)
+    }
+
+    /// A copy of this world whose devices keep the stores `copy(i, store)` makes of the originals:
+    /// everything else (rooms, posts, affiliations, the generator's state) is cloned.
+    pub fn fork<T: Storage>(
+        &self,
+        mut copy: impl FnMut(usize, &S) -> Result<T, StoreError>,
+    ) -> Result<World<T>, WorldError> {
+        let mut devices = Vec::with_capacity(self.devices.len());
+        for (i, d) in self.devices.iter().enumerate() {
+            devices.push(Device {
+                jid: d.jid.clone(),
+                nick: d.nick.clone(),
+                store: copy(i, &d.store)?,
+                room: d.room.clone(),
+                namespaces: d.namespaces,
+                device_id: d.device_id,
+                online: d.online,
+            });
+        }
+        Ok(World {
+            room: self.room.clone(),
+            devices,
+            posted: self.posted.clone(),
+            affiliations: self.affiliations.clone(),
+            broken_bundles: self.broken_bundles.clone(),
+            rng: self.rng.clone(),
+            now: self.now,
+        })
     }
 
     /// The clock of the world (seconds); every send advances it by one.

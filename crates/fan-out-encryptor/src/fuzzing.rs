@@ -6,7 +6,7 @@ use crate::xml::{find_descendant, parse_element, pep, sce, v0_3, v2};
 
 /// Arbitrary text as a stanza holding device lists, bundles or `<encrypted>` elements: errors are fine,
 /// panics are not; a bundle that parses re-serializes to an equal bundle.
-pub fn omemo_xml(data: &[u8]) {
+pub fn bundle_and_device_list(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let Ok(root) = parse_element(text) else { return };
     if let Some(l) = find_descendant(&root, "list", v0_3::NS) {

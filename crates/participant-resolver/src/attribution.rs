@@ -84,10 +84,13 @@ fn unwrap_mam<'a>(room: &str, stanza: &'a Element) -> Result<(&'a Element, bool,
         .get_child("forwarded", NS_FORWARD)
         .and_then(|f| f.get_child("message", NS_CLIENT))
         .ok_or(InputError::Malformed("MAM result without a forwarded message"))?;
-    // A room's archive answers from the room's bare JID; a result relayed from elsewhere (our own
-    // archive, or anyone else) is not the room's word on real JIDs.
-    let from_room_archive = stanza.attr("from").is_some_and(|f| bare(f) == room && resource(f).is_none());
-    Ok((inner, from_room_archive, result.attr("id").map(str::to_owned)))
+    // A room's archive answers from the room's bare JID; a result relayed from anywhere else is not the
+    // room's word on real JIDs or stanza-ids, and is refused.
+    let from = stanza.attr("from").unwrap_or_default();
+    if bare(from) != room || resource(from).is_some() {
+        return Err(InputError::NotFromArchive { from: from.to_owned(), room: room.to_owned() });
+    }
+    Ok((inner, true, result.attr("id").map(str::to_owned)))
 }
 
 impl Room {

@@ -28,6 +28,15 @@ pub enum InputError {
     /// The stanza is not from this room.
     #[error("stanza is not from room {0}")]
     NotFromRoom(String),
+    /// A MAM result that does not come from the room's archive (the room's bare JID): whoever relays
+    /// it, it is not the room's word on who sent what.
+    #[error("MAM result from {from}, not from the archive of room {room}")]
+    NotFromArchive {
+        /// Who sent the result.
+        from: String,
+        /// The room.
+        room: String,
+    },
     /// An IQ answer to no request of ours.
     #[error("IQ {0} answers no request of this room")]
     UnknownRequest(String),

@@ -1,14 +1,12 @@
 //! Entry point for the fuzz target `muc_presence_and_mam` (and the stable corpus replay test).
 
-use minidom::Element;
-
 use crate::{policy::Policy, room::Room};
 
 /// Arbitrary text as a stream of stanzas for a room: every stanza is applied (errors are fine, panics
 /// are not), every message attributed, and the answers keep their invariants.
 pub fn room_input(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(root) = format!("<s xmlns='jabber:client'>{text}</s>").parse::<Element>() else { return };
+    let Ok(root) = crate::xml::parse_text(&format!("<s xmlns='jabber:client'>{text}</s>")) else { return };
     let mut room = Room::new("room@muc.example.org", "me@example.org", Policy::default());
     for stanza in root.children() {
         let _ = room.apply_captured(stanza);

@@ -23,6 +23,71 @@ pub const NS_SID: &str = "urn:xmpp:sid:0";
 /// The client namespace.
 pub const NS_CLIENT: &str = "jabber:client";
 
+/// The deepest element nesting [`parse_text`] accepts. Stanzas nest about ten levels deep (a MAM result
+/// around a message around an OMEMO header); the XML parser recurses, so unbounded depth from the
+/// network would exhaust the stack.
+pub const MAX_XML_DEPTH: usize = 128;
+
+/// The deepest element nesting in `text`, counting only until it passes `limit` (then `limit + 1`).
+/// For well-formed XML it is exact; for anything else it is an estimate, and the parser refuses the
+/// text anyway. Comments, CDATA sections, processing instructions and quoted attribute values are
+/// skipped.
+pub fn nesting_depth(text: &str, limit: usize) -> usize {
+    let b = text.as_bytes();
+    let (mut i, mut depth, mut deepest) = (0usize, 0usize, 0usize);
+    let skip_to = |from: usize, end: &[u8]| -> usize {
+        b[from..].windows(end.len()).position(|w| w == end).map_or(b.len(), |p| from + p + end.len())
+    };
+    while i < b.len() {
+        if b[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let rest = &b[i + 1..];
+        if rest.starts_with(b"!--") {
+            i = skip_to(i + 4, b"-->");
+        } else if rest.starts_with(b"![CDATA[") {
+            i = skip_to(i + 9, b"]]>");
+        } else if rest.starts_with(b"?") || rest.starts_with(b"!") {
+            i = skip_to(i + 2, b">");
+        } else if rest.starts_with(b"/") {
+            depth = depth.saturating_sub(1);
+            i = skip_to(i + 2, b">");
+        } else {
+            // A start tag: find its end outside quoted attribute values.
+            let mut j = i + 1;
+            let mut quote = None;
+            while j < b.len() {
+                match (quote, b[j]) {
+                    (None, q @ (b'\'' | b'"')) => quote = Some(q),
+                    (Some(q), c) if c == q => quote = None,
+                    (None, b'>') => break,
+                    _ => {}
+                }
+                j += 1;
+            }
+            if j >= b.len() || b[j - 1] != b'/' {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > limit {
+                    return limit + 1;
+                }
+            }
+            i = j + 1;
+        }
+    }
+    deepest
+}
+
+/// Parses XML text into an element after checking its nesting depth against [`MAX_XML_DEPTH`].
+pub fn parse_text(text: &str) -> Result<Element, String> {
+    let depth = nesting_depth(text, MAX_XML_DEPTH);
+    if depth > MAX_XML_DEPTH {
+        return Err(format!("elements nested deeper than {MAX_XML_DEPTH} levels"));
+    }
+    text.trim().parse::<Element>().map_err(|e| e.to_string())
+}
+
 /// A room affiliation (XEP-0045 §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Affiliation {

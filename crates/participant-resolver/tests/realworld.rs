@@ -276,15 +276,17 @@ fn attribution_live_archive_and_forgeries() {
         .parse()
         .unwrap();
     assert_eq!(dave_view.attribute(&full, &none).unwrap().real_jid.as_deref(), Some("alice@localhost"));
-    // The same result relayed by someone else is not the archive: its item jid is not trusted.
+    // The same result relayed by someone else is not the archive: refused, its item jid never trusted.
     let relayed: Element = fixture_text("mam-room-result-oldmemo.recv.xml")
         .replacen(&format!("from=\"{ROOM}\""), "from=\"mallory@localhost\"", 1)
         .trim()
         .parse()
         .unwrap();
-    let a = dave_view.attribute(&relayed, &none).unwrap();
-    assert!(!a.from_archive);
-    assert_ne!(a.decided_by, Some(AttributionSource::MamRealJid));
+    assert!(matches!(
+        dave_view.attribute(&relayed, &none),
+        Err(InputError::NotFromArchive { ref from, .. }) if from == "mallory@localhost"
+    ));
+    assert_eq!(dave_view.message_ids(&relayed).stanza_id, None, "nor its result id");
     // A message from another room is refused.
     let other: Element = fixture_text("muc-message-twomemo.recv.xml")
         .replace(ROOM, "other@conference.localhost")

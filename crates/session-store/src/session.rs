@@ -181,10 +181,16 @@ pub fn encrypt(
     Ok(EncryptedKey { data, kex })
 }
 
+/// How many consumed pre-keys stay usable (hidden from the bundle) in live traffic: members of a room
+/// fetch a new device's bundle at about the same time, and two of them may pick the same pre-key before
+/// the replacement is published. Past this many, the oldest are deleted.
+pub const LIVE_PRE_KEY_GRACE: usize = 20;
+
 /// What happens to the one-time pre-key a key exchange used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PreKeyMode {
-    /// Live traffic: deleted as soon as the key exchange decrypted (and replaced).
+    /// Live traffic: hidden from the bundle and replaced at once; kept usable while fewer than
+    /// [`LIVE_PRE_KEY_GRACE`] others are hidden, then deleted oldest first.
     #[default]
     Live,
     /// Catching up from an archive (MAM): hidden from the bundle (and replaced) but kept, because two
@@ -304,14 +310,21 @@ fn decrypt_key_exchange(
         )?;
         let plaintext = state.decrypt(&our, &kex.message, rng)?;
         record.promote(state);
-        // Only now that the key exchange decrypted: retire the pre-key and publish a replacement.
-        let mut fresh = store.account()?.ok_or(SessionError::NoAccount)?;
-        match mode {
-            PreKeyMode::Live => changes.removed_pre_keys.push(pre_key_id),
-            PreKeyMode::CatchUp => changes.hidden_pre_keys.push(pre_key_id),
+        // Only now that the key exchange decrypted: hide the pre-key and publish a replacement (unless a
+        // replacement was made when it was first used).
+        let mut hidden = store.hidden_pre_keys()?;
+        if !hidden.contains(&pre_key_id) {
+            let mut fresh = store.account()?.ok_or(SessionError::NoAccount)?;
+            changes.pre_keys.push(fresh.new_pre_key(rng));
+            changes.account = Some(fresh);
+            changes.hidden_pre_keys.push(pre_key_id);
+            hidden.push(pre_key_id);
         }
-        changes.pre_keys.push(fresh.new_pre_key(rng));
-        changes.account = Some(fresh);
+        if mode == PreKeyMode::Live {
+            hidden.sort_unstable();
+            let excess = hidden.len().saturating_sub(LIVE_PRE_KEY_GRACE);
+            changes.removed_pre_keys.extend(hidden.into_iter().filter(|id| *id != pre_key_id).take(excess));
+        }
         consumed_pre_key = Some(pre_key_id);
         plaintext
     };

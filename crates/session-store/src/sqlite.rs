@@ -90,6 +90,14 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
         self.c().path().filter(|p| !p.is_empty()).map(std::path::PathBuf::from)
     }
 
+    /// Writes a consistent copy of the whole database (every table, not only ours) to a new file at
+    /// `path` and opens it as a store of its own.
+    pub fn copy_to(&self, path: impl AsRef<std::path::Path>) -> Result<SqliteStore<Connection>, StoreError> {
+        let target = path.as_ref().to_str().ok_or(StoreError::Corrupt("copy target is not valid UTF-8"))?;
+        self.c().execute("VACUUM INTO ?1", [target])?;
+        SqliteStore::open(path)
+    }
+
     /// Gives the connection back.
     pub fn into_inner(self) -> C {
         self.conn

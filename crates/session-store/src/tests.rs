@@ -108,7 +108,8 @@ macro_rules! store_conformance_tests {
                 let out = p.b_reads(&first.data).unwrap();
                 assert!(out.kex);
                 let used = out.consumed_pre_key.unwrap();
-                assert!(p.b.pre_key(used).unwrap().is_none(), "consumed pre-key deleted");
+                assert!(p.b.hidden_pre_keys().unwrap().contains(&used), "consumed pre-key hidden");
+                assert!(!p.b.pre_keys().unwrap().iter().any(|k| k.id == used), "and no longer offered");
                 assert_eq!(p.b.pre_keys().unwrap().len(), 100, "refilled");
                 assert!(p.b.pre_key(101).unwrap().is_some(), "replacement has a fresh id");
                 assert_eq!(&p.b_reads(&second.data).unwrap().plaintext[..], b"m1");
@@ -275,7 +276,7 @@ macro_rules! store_conformance_tests {
             assert!(r.is_ok());
             let pk = r.unwrap().consumed_pre_key.unwrap();
             assert!(matches!(q.b_reads(&k2.data), Err(SessionError::Duplicate { .. })));
-            assert!(q.b.pre_key(pk).unwrap().is_none());
+            assert_eq!(q.b.hidden_pre_keys().unwrap(), vec![pk]);
             // A plain message without any session.
             let mut r = pair(9);
             r.start();
@@ -308,7 +309,7 @@ macro_rules! store_conformance_tests {
         }
 
         /// Two senders used the same pre-key while we were offline: in catch-up both key exchanges
-        /// decrypt; live, the second one fails; ending catch-up deletes the hidden pre-key.
+        /// decrypt; ending catch-up deletes the hidden pre-key, and a third key exchange with it fails.
         #[test]
         fn catch_up_keeps_used_pre_keys_until_it_ends() {
             for ns in [Namespace::Oldmemo, Namespace::Twomemo] {
@@ -340,7 +341,7 @@ macro_rules! store_conformance_tests {
                 assert!(bob.pre_key(shared).unwrap().is_some());
                 assert_eq!(bob.hidden_pre_keys().unwrap(), vec![shared]);
                 assert!(!account::own_bundle(&bob).unwrap().pre_keys.iter().any(|(id, _)| *id == shared), "hidden keys are not published");
-                assert_eq!(bob.pre_keys().unwrap().len(), 101, "replacements keep the bundle full");
+                assert_eq!(bob.pre_keys().unwrap().len(), 100, "one replacement keeps the bundle full");
                 // Catch-up ends: the pre-key is gone, and a later (live) key exchange with it fails precisely.
                 let ch = session::end_catch_up(&bob).unwrap();
                 bob.apply(&ch).unwrap();
@@ -348,6 +349,51 @@ macro_rules! store_conformance_tests {
                 let (from, data) = &kexes[2];
                 assert!(matches!(session::decrypt(&bob, &b_acc, from, data, &mut rng), Err(SessionError::UnknownPreKey(id)) if id == shared));
             }
+        }
+
+        /// Live, two members that fetched the same bundle may pick the same pre-key: both key exchanges
+        /// decrypt; the consumed pre-keys stay hidden, at most LIVE_PRE_KEY_GRACE of them, oldest deleted
+        /// first.
+        #[test]
+        fn live_pre_key_grace_is_bounded() {
+            let ns = Namespace::Twomemo;
+            let mut rng = ChaCha20Rng::seed_from_u64(16);
+            let mut bob = $make();
+            bob.apply(&Account::create("bob@example.org", NamespaceSet::BOTH, &[], 0, &mut rng)).unwrap();
+            let b_acc = bob.account().unwrap().unwrap();
+            let to_bob = SessionAddress::new(ns, "bob@example.org", b_acc.device_id);
+            let full = account::own_bundle_for(&bob, ns).unwrap();
+            let first_id = full.pre_keys[0].0;
+            let kex_with = |i: usize, pre_key: usize, rng: &mut ChaCha20Rng| {
+                let mut bundle = full.clone();
+                bundle.pre_keys = vec![full.pre_keys[pre_key].clone()];
+                let who = format!("m{i}@example.org");
+                let mut s = $make();
+                s.apply(&Account::create(&who, NamespaceSet::BOTH, &[], 0, rng)).unwrap();
+                let acc = s.account().unwrap().unwrap();
+                let mut ch = Changes::default();
+                session::initiate(&s, &acc, &to_bob, &bundle, &mut ch, rng).unwrap();
+                let k = session::encrypt(&s, &acc, &to_bob, b"hi", &mut ch).unwrap();
+                (SessionAddress::new(ns, &who, acc.device_id), k.data)
+            };
+            for i in 0..2 {
+                let (from, data) = kex_with(i, 0, &mut rng);
+                let (out, ch) = session::decrypt(&bob, &b_acc, &from, &data, &mut rng).unwrap();
+                assert_eq!(out.consumed_pre_key, Some(first_id));
+                bob.apply(&ch).unwrap();
+            }
+            assert_eq!(bob.hidden_pre_keys().unwrap(), vec![first_id]);
+            for i in 1..=session::LIVE_PRE_KEY_GRACE {
+                let (from, data) = kex_with(10 + i, i, &mut rng);
+                let (_, ch) = session::decrypt(&bob, &b_acc, &from, &data, &mut rng).unwrap();
+                bob.apply(&ch).unwrap();
+            }
+            let hidden = bob.hidden_pre_keys().unwrap();
+            assert_eq!(hidden.len(), session::LIVE_PRE_KEY_GRACE);
+            assert!(!hidden.contains(&first_id) && bob.pre_key(first_id).unwrap().is_none(), "the oldest went first");
+            assert_eq!(bob.pre_keys().unwrap().len(), 100, "replacements keep the bundle full");
+            let (from, data) = kex_with(99, 0, &mut rng);
+            assert!(matches!(session::decrypt(&bob, &b_acc, &from, &data, &mut rng), Err(SessionError::UnknownPreKey(id)) if id == first_id));
         }
 
         #[test]
@@ -454,11 +500,11 @@ mod sqlite_store {
         let addr = Pair::<_>::addr_in(&p.a, p.ns);
         // Make the session insert fail after the pre-key deletion: nothing at all may change.
         let (_, mut ch) = session::decrypt(&p.b, &p.b.account().unwrap().unwrap(), &addr, &k.data, &mut p.rng).unwrap();
-        let removed = ch.removed_pre_keys[0];
+        let removed = ch.hidden_pre_keys[0];
         ch.signed_pre_keys.push(p.b.signed_pre_keys().unwrap()[0].clone());
         ch.signed_pre_keys[0].created_at = u64::MAX; // does not fit SQLite's INTEGER
         assert!(p.b.apply(&ch).is_err());
-        assert!(p.b.pre_key(removed).unwrap().is_some());
+        assert!(p.b.pre_key(removed).unwrap().is_some() && p.b.hidden_pre_keys().unwrap().is_empty());
         assert!(p.b.session(&addr).unwrap().is_none());
     }
 

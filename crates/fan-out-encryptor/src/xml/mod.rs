@@ -16,9 +16,10 @@ pub(crate) fn attr_name(s: &'static str) -> minidom::rxml::NcName {
     minidom::rxml::NcName::try_from(s).expect("literal attribute names are valid")
 }
 
-/// Parses XML text into an element. Malformed input is an error value, never a panic.
+/// Parses XML text into an element. Malformed input, and nesting deeper than
+/// [`participant_resolver::xml::MAX_XML_DEPTH`], is an error value, never a panic.
 pub fn parse_element(text: &str) -> Result<Element, XmlError> {
-    text.trim().parse::<Element>().map_err(|e| XmlError::Syntax(e.to_string()))
+    participant_resolver::xml::parse_text(text).map_err(XmlError::Syntax)
 }
 
 /// Finds the first element named `name` in namespace `ns` at or below `root` (depth-first), the way the
@@ -39,6 +40,41 @@ pub fn find_descendant<'a>(root: &'a Element, name: &str, ns: &str) -> Option<&'
         stack[before..].reverse();
     }
     None
+}
+
+/// The most `<key>` elements one `<encrypted>` element may carry (rooms of 10,000 devices need 10,000).
+pub const MAX_KEYS_PER_MESSAGE: usize = 65_536;
+
+/// The largest key element accepted, in bytes of key material: a key exchange is about 200 bytes.
+pub const MAX_KEY_ELEMENT_BYTES: usize = 1024;
+
+/// Checks an `<encrypted>` element's header against [`MAX_KEYS_PER_MESSAGE`] and
+/// [`MAX_KEY_ELEMENT_BYTES`] before anything is decoded.
+pub(crate) fn check_header_limits(encrypted: &Element) -> Result<(), XmlError> {
+    let Some(header) = encrypted.children().find(|c| c.name() == "header") else { return Ok(()) };
+    let max_base64 = MAX_KEY_ELEMENT_BYTES.div_ceil(3) * 4;
+    let mut n = 0usize;
+    let keys = header.children().flat_map(|c| {
+        let nested = if c.name() == "keys" { Some(c.children().filter(|k| k.name() == "key")) } else { None };
+        std::iter::once(c).filter(|c| c.name() == "key").chain(nested.into_iter().flatten())
+    });
+    for k in keys {
+        n += 1;
+        let len: usize = k.texts().map(|t| t.bytes().filter(|b| !b.is_ascii_whitespace()).count()).sum();
+        if len > max_base64 {
+            return Err(XmlError::Invalid {
+                element: "key",
+                detail: format!("{len} characters of base64; at most {MAX_KEY_ELEMENT_BYTES} bytes of key material"),
+            });
+        }
+    }
+    if n > MAX_KEYS_PER_MESSAGE {
+        return Err(XmlError::Invalid {
+            element: "header",
+            detail: format!("{n} keys; at most {MAX_KEYS_PER_MESSAGE}"),
+        });
+    }
+    Ok(())
 }
 
 /// The valid device ids (1..2^31-1) of a published list, deduplicated, in order.

@@ -104,6 +104,7 @@ pub fn encrypted(enc: Encrypted) -> Element {
 
 /// Reads an `<encrypted>` element (base64 whitespace tolerated; `prekey` may be `true` or `1`).
 pub fn parse_encrypted(elem: &Element) -> Result<Encrypted, XmlError> {
+    super::check_header_limits(elem)?;
     let mut elem = elem.clone();
     strip_base64_whitespace(&mut elem);
     Encrypted::try_from(elem).map_err(|e| invalid("encrypted", e))

@@ -267,6 +267,7 @@ impl Encrypted {
 
 /// Reads an `<encrypted>` element (base64 whitespace tolerated; `kex` may be `true` or `1`).
 pub fn parse_encrypted(elem: &Element) -> Result<Encrypted, XmlError> {
+    super::check_header_limits(elem)?;
     let mut elem = elem.clone();
     strip_base64_whitespace(&mut elem);
     Encrypted::try_from(elem).map_err(|e| invalid("encrypted", e))

@@ -1,2 +1,0 @@
-#![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fan_out_encryptor::fuzzing::omemo_xml(data));
