@@ -164,29 +164,50 @@ impl<S: Storage> World<S> {
         seed: u64,
         mut open: impl FnMut(usize) -> Result<S, StoreError>,
     ) -> Result<Self, WorldError> {
-        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut stores = Vec::with_capacity(devices.len());
+        for i in 0..devices.len() {
+            stores.push((devices[i].clone(), open(i)?));
+        }
+        Self::with_stores(room, stores, extra_members, ChaCha20Rng::seed_from_u64(seed))
+    }
+
+    /// Like [`World::new`], with stores of the caller's: a store that holds an account already keeps it
+    /// (a process that starts again on its files), the others get a new one from `rng`.
+    pub fn with_stores(
+        room: &str,
+        devices: Vec<(DeviceSpec, S)>,
+        extra_members: &[&str],
+        mut rng: ChaCha20Rng,
+    ) -> Result<Self, WorldError> {
         let now = 1_000;
         let mut out = Vec::with_capacity(devices.len());
         let mut taken = Vec::new();
-        for (i, spec) in devices.iter().enumerate() {
-            let mut store = open(i)?;
-            let account = Account::create(&spec.jid, spec.namespaces, &taken, now, &mut rng);
-            let device_id = account.account.as_ref().map(|a| a.device_id).ok_or(WorldError::NoDevice(i))?;
+        let mut affiliations = BTreeMap::new();
+        for (i, (spec, mut store)) in devices.into_iter().enumerate() {
+            let device_id = match store.account()? {
+                Some(a) if a.jid == spec.jid => a.device_id,
+                Some(_) => return Err(WorldError::NoDevice(i)),
+                None => {
+                    let account = Account::create(&spec.jid, spec.namespaces, &taken, now, &mut rng);
+                    let id = account.account.as_ref().map(|a| a.device_id).ok_or(WorldError::NoDevice(i))?;
+                    store.apply(&account)?;
+                    id
+                }
+            };
             taken.push(device_id);
-            store.apply(&account)?;
+            affiliations.insert(spec.jid.clone(), "member".to_owned());
             out.push(Device {
-                jid: spec.jid.clone(),
-                nick: spec.nick.clone(),
-                store,
                 room: Room::new(room, &spec.jid, Policy::default()),
+                jid: spec.jid,
+                nick: spec.nick,
+                store,
                 namespaces: spec.namespaces,
                 device_id,
                 online: false,
             });
         }
-        let mut affiliations = BTreeMap::new();
-        for jid in devices.iter().map(|d| d.jid.as_str()).chain(extra_members.iter().copied()) {
-            affiliations.insert(jid.to_owned(), "member".to_owned());
+        for jid in extra_members {
+            affiliations.insert((*jid).to_owned(), "member".to_owned());
         }
         let mut w = World {
             room: room.to_owned(),

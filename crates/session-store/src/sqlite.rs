@@ -333,6 +333,19 @@ impl<C: BorrowMut<Connection>> LedgerStore for SqliteStore<C> {
 
 impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
     fn apply(&mut self, changes: &Changes) -> Result<(), StoreError> {
+        self.apply_with(changes, |_| Ok(()))
+    }
+}
+
+impl<C: BorrowMut<Connection>> SqliteStore<C> {
+    /// Applies a change set and the application's own writes (`also`, e.g. the decrypted message into
+    /// its history) in one transaction: both are committed, or neither. A crash can then never leave a
+    /// ratchet advanced past a message the application did not keep.
+    pub fn apply_with(
+        &mut self,
+        changes: &Changes,
+        also: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+    ) -> Result<(), StoreError> {
         let Changes {
             account,
             signed_pre_keys,
@@ -432,6 +445,7 @@ impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
                 stmt.execute(params![room, stanza_id])?;
             }
         }
+        also(&tx)?;
         tx.commit()?;
         Ok(())
     }
