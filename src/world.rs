@@ -165,8 +165,8 @@ impl<S: Storage> World<S> {
         mut open: impl FnMut(usize) -> Result<S, StoreError>,
     ) -> Result<Self, WorldError> {
         let mut stores = Vec::with_capacity(devices.len());
-        for i in 0..devices.len() {
-            stores.push((devices[i].clone(), open(i)?));
+        for (i, spec) in devices.iter().enumerate() {
+            stores.push((spec.clone(), open(i)?));
         }
         Self::with_stores(room, stores, extra_members, ChaCha20Rng::seed_from_u64(seed))
     }
