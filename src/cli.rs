@@ -207,7 +207,7 @@ impl Context {
         let mut rng = OsRng;
         let (changes, failures) = self.prepare_sessions(pep, to, choice, &mut rng)?;
         let single = (to.len() == 1).then(|| to[0].as_str());
-        let out = Outgoing { body: Some(plaintext), sce_to: room.or(single), sce_time: None };
+        let out = Outgoing { body: Some(plaintext), sce_to: room.or(single), sce_time: None, sce_content: None };
         let msg = fan_out_encryptor::encrypt_message(&self.store, to, &out, choice, changes, &mut rng)?;
         // Persist every advanced session before the stanza is handed out.
         self.store.apply(&msg.changes)?;

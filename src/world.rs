@@ -133,21 +133,7 @@ pub struct World<S> {
     now: u64,
 }
 
-/// Escapes text for an XML attribute value or text node.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use participant_resolver::xml::escape;
 
 fn parse(text: &str) -> Result<Element, WorldError> {
     participant_resolver::xml::parse_text(text).map_err(WorldError::Xml)

@@ -82,6 +82,9 @@ pub struct Outgoing<'a> {
     pub sce_to: Option<&'a str>,
     /// OMEMO 2 SCE `<time stamp>` (XEP-0082), if wanted.
     pub sce_time: Option<&'a str>,
+    /// The OMEMO 2 SCE `<content>` elements, in place of a `<body>` with `body` (an invitation: the
+    /// `jabber:x:conference` element). OMEMO 0.3 carries `body` either way.
+    pub sce_content: Option<&'a [Element]>,
 }
 
 /// An encrypted message ready to be wrapped in a stanza, and what to persist before sending it.
@@ -265,7 +268,10 @@ pub fn encrypt_message(
     // OMEMO 2: the SCE envelope (an empty one carries no payload and a zero key).
     let new = uses(Namespace::Twomemo).then(|| match out.body {
         Some(body) => {
-            let content = vec![Element::builder("body", "jabber:client").append(body).build()];
+            let content = match out.sce_content {
+                Some(c) => c.to_vec(),
+                None => vec![Element::builder("body", "jabber:client").append(body).build()],
+            };
             let env: Element = sce::build(content, &account.jid, out.sce_to, out.sce_time, rng).into();
             let p = payload::encrypt_v2(String::from(&env).as_bytes(), rng);
             (Some(p.ciphertext), zeroize::Zeroizing::new(p.key_material.to_vec()))

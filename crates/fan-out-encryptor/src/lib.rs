@@ -10,6 +10,7 @@ pub mod encrypt;
 pub mod error;
 pub mod fuzzing;
 pub mod group;
+pub mod invite;
 pub mod payload;
 pub mod xml;
 

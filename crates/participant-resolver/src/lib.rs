@@ -11,9 +11,12 @@
 mod attribution;
 pub mod error;
 pub mod fuzzing;
+pub mod invitation;
 pub mod policy;
+pub mod private_group;
 mod recipients;
 pub mod room;
+pub mod token;
 pub mod xml;
 
 pub use attribution::{Attribution, AttributionSource, Conflict, MessageIds};

@@ -79,6 +79,22 @@ pub fn nesting_depth(text: &str, limit: usize) -> usize {
     deepest
 }
 
+/// Escapes text for an XML attribute value or a text node.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Parses XML text into an element after checking its nesting depth against [`MAX_XML_DEPTH`].
 pub fn parse_text(text: &str) -> Result<Element, String> {
     let depth = nesting_depth(text, MAX_XML_DEPTH);

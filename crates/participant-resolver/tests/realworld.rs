@@ -6,21 +6,10 @@
 use minidom::Element;
 use participant_resolver::*;
 
+mod common;
+use common::{fixture, fixture_text};
+
 const ROOM: &str = "pelovusaho@conference.localhost";
-
-fn fixture_text(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/realworld/fixtures").join(name);
-    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    while let Some(start) = text.find("<!--") {
-        let end = text[start..].find("-->").map(|e| start + e + 3).unwrap_or(text.len());
-        text.replace_range(start..end, "");
-    }
-    text
-}
-
-fn fixture(name: &str) -> Element {
-    fixture_text(name).trim().parse().unwrap()
-}
 
 /// Replaces the value of the first `attr="..."` after `marker` in `text`.
 fn set_attr_after(text: &str, marker: &str, attr: &str, value: &str) -> String {

@@ -54,6 +54,10 @@ pub struct Changes {
     pub ledger: Vec<LedgerEntry>,
     /// Stanza-ids processed: (room, stanza-id).
     pub seen: Vec<(String, String)>,
+    /// Invitation tokens used: (nonce, expiry); kept until they expire.
+    pub spent_tokens: Vec<(Vec<u8>, u64)>,
+    /// Forget spent tokens that expired before this time.
+    pub purge_tokens_before: Option<u64>,
 }
 
 impl Changes {
@@ -72,6 +76,8 @@ impl Changes {
             device_lists,
             ledger,
             seen,
+            spent_tokens,
+            purge_tokens_before,
         } = self;
         account.is_none()
             && signed_pre_keys.is_empty()
@@ -85,6 +91,8 @@ impl Changes {
             && device_lists.is_empty()
             && ledger.is_empty()
             && seen.is_empty()
+            && spent_tokens.is_empty()
+            && purge_tokens_before.is_none()
     }
 
     /// Appends `other`; where both touch the same item, `other` wins (it is applied later).
@@ -102,6 +110,8 @@ impl Changes {
             device_lists,
             ledger,
             seen,
+            spent_tokens,
+            purge_tokens_before,
         } = other;
         if account.is_some() {
             self.account = account;
@@ -120,6 +130,8 @@ impl Changes {
         self.device_lists.extend(device_lists);
         self.ledger.extend(ledger);
         self.seen.extend(seen);
+        self.spent_tokens.extend(spent_tokens);
+        self.purge_tokens_before = self.purge_tokens_before.max(purge_tokens_before);
     }
 
     /// The record this change set holds for `addr`, if any (so that later steps of one operation see

@@ -28,6 +28,7 @@ pub struct MemoryStore {
     device_lists: BTreeMap<(Namespace, String), BTreeMap<DeviceId, bool>>,
     ledger: BTreeMap<(String, String), LedgerEntry>,
     seen: BTreeSet<(String, String)>,
+    spent_tokens: BTreeMap<Vec<u8>, u64>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -107,6 +108,9 @@ impl LedgerStore for MemoryStore {
     fn seen(&self, room: &str, stanza_id: &str) -> Result<bool, StoreError> {
         Ok(self.seen.contains(&(room.to_owned(), stanza_id.to_owned())))
     }
+    fn token_spent(&self, nonce: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.spent_tokens.contains_key(nonce))
+    }
 }
 
 impl Store for MemoryStore {
@@ -125,6 +129,8 @@ impl Store for MemoryStore {
             device_lists,
             ledger,
             seen,
+            spent_tokens,
+            purge_tokens_before,
         } = changes;
         if let Some(a) = account {
             self.account = Some(a.clone());
@@ -170,6 +176,12 @@ impl Store for MemoryStore {
         }
         for s in seen {
             self.seen.insert(s.clone());
+        }
+        for (nonce, expires_at) in spent_tokens {
+            self.spent_tokens.insert(nonce.clone(), *expires_at);
+        }
+        if let Some(before) = purge_tokens_before {
+            self.spent_tokens.retain(|_, exp| *exp >= *before);
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/002_account_namespaces.sql"),
     include_str!("migrations/003_ledger.sql"),
     include_str!("migrations/004_hidden_pre_keys.sql"),
+    include_str!("migrations/005_spent_tokens.sql"),
 ];
 
 /// Store over a rusqlite connection. Tables are prefixed `omemo_`; the schema version is kept in
@@ -329,6 +330,10 @@ impl<C: BorrowMut<Connection>> LedgerStore for SqliteStore<C> {
         let mut stmt = self.c().prepare_cached("SELECT 1 FROM omemo_seen WHERE room = ?1 AND stanza_id = ?2")?;
         Ok(stmt.query_row(params![room, stanza_id], |_| Ok(())).optional()?.is_some())
     }
+    fn token_spent(&self, nonce: &[u8]) -> Result<bool, StoreError> {
+        let mut stmt = self.c().prepare_cached("SELECT 1 FROM omemo_spent_token WHERE nonce = ?1")?;
+        Ok(stmt.query_row(params![nonce], |_| Ok(())).optional()?.is_some())
+    }
 }
 
 impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
@@ -359,6 +364,8 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             device_lists,
             ledger,
             seen,
+            spent_tokens,
+            purge_tokens_before,
         } = changes;
         let tx = self.conn.borrow_mut().transaction()?;
         if let Some(a) = account {
@@ -444,6 +451,18 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             for (room, stanza_id) in seen {
                 stmt.execute(params![room, stanza_id])?;
             }
+        }
+        if !spent_tokens.is_empty() {
+            let mut stmt =
+                tx.prepare_cached("INSERT OR REPLACE INTO omemo_spent_token (nonce, expires_at) VALUES (?1, ?2)")?;
+            for (nonce, expires_at) in spent_tokens {
+                let at = i64::try_from(*expires_at).map_err(|_| StoreError::Corrupt("token expiry"))?;
+                stmt.execute(params![nonce, at])?;
+            }
+        }
+        if let Some(before) = purge_tokens_before {
+            let before = i64::try_from(*before).unwrap_or(i64::MAX);
+            tx.execute("DELETE FROM omemo_spent_token WHERE expires_at < ?1", [before])?;
         }
         also(&tx)?;
         tx.commit()?;

@@ -455,6 +455,13 @@ macro_rules! store_conformance_tests {
             without.plaintext = None;
             p.a.apply(&Changes { ledger: vec![without.clone()], ..Changes::default() }).unwrap();
             assert_eq!(p.a.ledger_by_origin_id("room@muc.example.org", "o2").unwrap(), Some(without));
+            // Spent invitation tokens: kept until they expire, then purged.
+            p.a.apply(&Changes { spent_tokens: vec![(vec![1; 16], 100), (vec![2; 16], 200)], ..Changes::default() })
+                .unwrap();
+            assert!(p.a.token_spent(&[1; 16]).unwrap() && p.a.token_spent(&[2; 16]).unwrap());
+            assert!(!p.a.token_spent(&[3; 16]).unwrap());
+            p.a.apply(&Changes { purge_tokens_before: Some(150), ..Changes::default() }).unwrap();
+            assert!(!p.a.token_spent(&[1; 16]).unwrap() && p.a.token_spent(&[2; 16]).unwrap());
         }
 
         #[test]
@@ -515,7 +522,7 @@ mod sqlite_store {
         {
             let mut s = SqliteStore::open(&dir).unwrap();
             s.apply(&Account::create("a@b", NamespaceSet::BOTH, &[], 0, &mut ChaCha20Rng::seed_from_u64(1))).unwrap();
-            assert_eq!(s.schema_version().unwrap(), 4);
+            assert_eq!(s.schema_version().unwrap(), 5);
         }
         let s = SqliteStore::open(&dir).unwrap();
         assert_eq!(s.account().unwrap().unwrap().jid, "a@b");
@@ -537,7 +544,7 @@ mod sqlite_store {
             })
             .collect();
         for t in threads {
-            assert_eq!(t.join().unwrap().unwrap().unwrap(), 4);
+            assert_eq!(t.join().unwrap().unwrap().unwrap(), 5);
         }
         let _ = std::fs::remove_file(&path);
     }
@@ -549,7 +556,7 @@ mod sqlite_store {
         let path = std::env::temp_dir().join(format!("omemo-store-v1-{}.sqlite3", std::process::id()));
         std::fs::copy(fixture, &path).unwrap();
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 4);
+        assert_eq!(s.schema_version().unwrap(), 5);
         let acc = s.account().unwrap().unwrap();
         assert_eq!(acc.jid, "bob@example.org");
         assert_eq!(acc.namespaces, NamespaceSet::OLDMEMO, "schema-1 devices spoke OMEMO 0.3 only");

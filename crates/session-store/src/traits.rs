@@ -67,6 +67,8 @@ pub trait LedgerStore {
     fn ledger_by_message_id(&self, room: &str, message_id: &str) -> Result<Option<LedgerEntry>, StoreError>;
     /// Did we process the stanza with this stanza-id in `room` already?
     fn seen(&self, room: &str, stanza_id: &str) -> Result<bool, StoreError>;
+    /// Was the invitation token with this nonce used already?
+    fn token_spent(&self, nonce: &[u8]) -> Result<bool, StoreError>;
 }
 
 /// A complete store.
