@@ -275,6 +275,15 @@ impl Context {
         } else {
             acc.jid.clone()
         };
+        // The sender's device lists as published now: a key exchange is accepted only from a listed device.
+        let mut lists = Changes::default();
+        for ns in [Namespace::Oldmemo, Namespace::Twomemo] {
+            let devices = pep.device_list(&sender_jid, ns)?;
+            if !devices.is_empty() || self.store.device_list(ns, &sender_jid)?.is_some() {
+                lists.device_lists.push((ns, sender_jid.clone(), devices));
+            }
+        }
+        self.store.apply(&lists)?;
         let ctx = DecryptContext {
             sender: &sender_jid,
             expected_to: &expected_to,
@@ -379,6 +388,7 @@ fn decrypt_kind(e: &DecryptError) -> &'static str {
         DecryptError::Session(SessionError::BadMac) => "bad-mac",
         DecryptError::Session(SessionError::NoSession) => "no-session",
         DecryptError::Session(SessionError::Distrusted { .. }) => "distrusted",
+        DecryptError::Session(SessionError::UnknownDevice { .. }) => "unknown-device",
         DecryptError::Session(SessionError::Malformed(_)) => "malformed",
         DecryptError::Session(_) => "session",
         DecryptError::BadPayload => "bad-payload",

@@ -378,11 +378,13 @@ impl<S: Storage> World<S> {
     /// What PEP holds: every member's device list (per namespace), written into device `to`'s store.
     pub fn sync_device_lists(&mut self, to: usize) -> Result<(), WorldError> {
         self.device(to)?;
+        // Both namespaces for every member: a node nobody published reads as an empty list.
         let mut lists: BTreeMap<(Namespace, String), Vec<DeviceId>> = BTreeMap::new();
         for d in &self.devices {
             for ns in [Namespace::Oldmemo, Namespace::Twomemo] {
+                let list = lists.entry((ns, d.jid.clone())).or_default();
                 if d.namespaces.contains(ns) {
-                    lists.entry((ns, d.jid.clone())).or_default().push(d.device_id);
+                    list.push(d.device_id);
                 }
             }
         }

@@ -396,6 +396,9 @@ pub enum Cause {
     UnknownSender,
     /// The sender's identity key is distrusted.
     UntrustedSender,
+    /// A key exchange from a device its sender did not publish (forged, or our copy of the device list
+    /// is out of date: fetch it and process the message again).
+    UnknownDevice(u32),
     /// Our session with the sender's device is broken or missing.
     BrokenSession(String),
     /// The stanza or its OMEMO element is malformed, or its SCE affixes do not match.
@@ -514,6 +517,7 @@ pub fn receive_group_message(
                 D::Session(SessionError::Duplicate { .. }) => return Ok((Inbound::Duplicate, changes)),
                 D::NotForThisDevice(_) => Cause::NotForThisDevice,
                 D::Session(SessionError::Distrusted { .. }) => Cause::UntrustedSender,
+                D::Session(SessionError::UnknownDevice { device, .. }) => Cause::UnknownDevice(device),
                 D::Session(
                     e @ (SessionError::NoSession
                     | SessionError::BadMac

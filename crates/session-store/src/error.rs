@@ -72,6 +72,15 @@ pub enum SessionError {
     /// A key exchange without a one-time pre-key (OMEMO requires one).
     #[error("key exchange without a one-time pre-key")]
     MissingPreKey,
+    /// A key exchange from a device that is not on its sender's known device list (a forged sender,
+    /// or a list that is out of date: fetch it and try again).
+    #[error("device {device} is not on the device list of {jid}")]
+    UnknownDevice {
+        /// The sender.
+        jid: String,
+        /// The device id its message claims.
+        device: DeviceId,
+    },
     /// The sender's identity key is distrusted.
     #[error("identity key of {jid}/{device} is distrusted")]
     Distrusted {

@@ -294,6 +294,12 @@ fn decrypt_key_exchange(
         // The initiator repeats its key exchange until we answer: same session, just decrypt.
         record.decrypt(&our, &kex.message, rng)?
     } else {
+        // A new session only with a device its owner published (when we know the list at all).
+        if let Some(list) = store.device_list(from.namespace, &from.jid)? {
+            if !list.contains(&from.device) {
+                return Err(SessionError::UnknownDevice { jid: from.jid.clone(), device: from.device });
+            }
+        }
         let spk = store
             .signed_pre_key(kex.signed_pre_key_id)?
             .ok_or(SessionError::UnknownSignedPreKey(kex.signed_pre_key_id))?;
