@@ -9,7 +9,7 @@ use fan_out_encryptor::{
     group::{GroupOptions, Inbound},
     invite::{
         encrypt_invitation, invitation_needs_bundles, plaintext_invitation, receive_invitation, redeem_token,
-        RedeemError,
+        PlaintextInvitationError, RedeemError,
     },
     DecryptError, NamespaceChoice,
 };
@@ -96,7 +96,13 @@ fn plaintext_invitations_and_forged_senders() {
     let mut w = world();
     let mut rng = ChaCha20Rng::seed_from_u64(10);
     // For an invitee without OMEMO, by explicit choice: a plaintext direct invitation.
-    let plain = plaintext_invitation("dave@example.org", &invitation(), "inv-1").unwrap();
+    let plain = plaintext_invitation(&w.devices[0].store, "dave@example.org", &invitation(), "inv-1").unwrap();
+    // Never in plaintext to someone with OMEMO devices.
+    w.sync_device_lists(0).unwrap();
+    assert!(matches!(
+        plaintext_invitation(&w.devices[0].store, "bob@example.org", &invitation(), "inv-2"),
+        Err(PlaintextInvitationError::InviteeHasDevices(_))
+    ));
     let received: minidom::Element =
         String::from(&plain).replacen("<message ", "<message from='alice@example.org/laptop' ", 1).parse().unwrap();
     let alice_is_contact = |j: &str| j == "alice@example.org";

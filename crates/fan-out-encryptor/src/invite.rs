@@ -90,8 +90,34 @@ pub fn encrypt_invitation(
     Ok(EncryptedInvitation { stanza, message, failed })
 }
 
-/// A plaintext direct invitation: only for an invitee without OMEMO devices, by explicit choice.
-pub fn plaintext_invitation(invitee: &str, invitation: &DirectInvitation, id: &str) -> Result<Element, XmlError> {
+/// Why a plaintext invitation was not built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlaintextInvitationError {
+    /// The invitee has OMEMO devices: invite them encrypted.
+    #[error("{0} has OMEMO devices; send the invitation encrypted")]
+    InviteeHasDevices(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stanza could not be built.
+    #[error(transparent)]
+    Xml(#[from] XmlError),
+}
+
+/// A plaintext direct invitation: only for an invitee without OMEMO devices (as far as the store
+/// knows their device lists), and only when the caller explicitly asks for it.
+pub fn plaintext_invitation(
+    store: &impl Store,
+    invitee: &str,
+    invitation: &DirectInvitation,
+    id: &str,
+) -> Result<Element, PlaintextInvitationError> {
+    for ns in [session_store::Namespace::Oldmemo, session_store::Namespace::Twomemo] {
+        if store.device_list(ns, invitee)?.is_some_and(|l| !l.is_empty()) {
+            return Err(PlaintextInvitationError::InviteeHasDevices(invitee.to_owned()));
+        }
+    }
     let (to, id) = (escape(invitee), escape(id));
     let mut m = parse_element(&format!("<message xmlns='jabber:client' to='{to}' id='{id}'/>"))?;
     m.append_child(invitation.to_element());
