@@ -268,3 +268,64 @@ fn silent_device_goes_stale_and_resumes_when_it_speaks() {
     let m = w.send(0, "welcome back");
     assert_eq!(w.plaintext(1, m), "welcome back");
 }
+
+/// Fifty members (ten with two devices; OMEMO 0.3, 2 and both), a hundred messages while one member is
+/// away, a nick change every ten messages, a device restarted from its SQLite file between any two
+/// steps, every message keyed for every other device; then the member who was away catches up on all
+/// hundred from the archive.
+#[test]
+fn fifty_members_nick_changes_restarts_and_a_member_a_hundred_behind() {
+    let mut members: Vec<(String, String, NamespaceSet)> = Vec::new();
+    let sets = [NamespaceSet::BOTH, NamespaceSet::OLDMEMO, NamespaceSet::TWOMEMO];
+    for i in 0..50 {
+        members.push((format!("m{i:02}@example.org"), format!("m{i:02}"), sets[i % 3]));
+        if i < 10 {
+            members.push((format!("m{i:02}@example.org"), format!("m{i:02}-phone"), sets[(i + 1) % 3]));
+        }
+    }
+    let refs: Vec<(&str, &str, NamespaceSet)> = members.iter().map(|(j, n, s)| (j.as_str(), n.as_str(), *s)).collect();
+    let mut w = world("fifty", &refs, &[]);
+    let n = w.devices.len();
+    let away = n - 1;
+    w.leave(away).unwrap();
+    let senders: Vec<usize> = (0..n).filter(|&i| w.devices[i].namespaces == NamespaceSet::BOTH && i != away).collect();
+    let mut sent = Vec::new();
+    for k in 0..100 {
+        let from = senders[k % senders.len()];
+        let text = format!("message {k} from {}", w.devices[from].nick);
+        let (m, coverage) = w.w.send(from, &text, &GroupOptions::default()).unwrap();
+        // Every other device of every member got a key (the one away included).
+        assert_eq!(coverage.keyed.len(), n - 1, "message {k}");
+        sent.push((m, text));
+        // A few readers, in turn.
+        for r in 0..3 {
+            let to = (k * 7 + r * 13) % n;
+            if to != from && to != away {
+                assert_eq!(w.plaintext(to, m), sent[k].1, "message {k} on device {to}");
+            }
+        }
+        if k % 10 == 9 {
+            let who = (k * 3) % (n - 1);
+            let nick = format!("renamed{k}");
+            w.change_nick(who, &nick).unwrap();
+        }
+        // A restart between any two steps.
+        w.restart((k * 11) % (n - 1)).unwrap();
+    }
+    // The member who was away is a hundred messages behind: from the archive, in catch-up mode.
+    w.restart(away).unwrap();
+    for (k, (m, text)) in sent.iter().enumerate() {
+        match w.deliver(away, *m, true, PreKeyMode::CatchUp).unwrap() {
+            Inbound::Decrypted { message, .. } => {
+                assert_eq!(String::from_utf8(message.plaintext.unwrap().to_vec()).unwrap(), *text, "message {k}")
+            }
+            other => panic!("message {k}: {other:?}"),
+        }
+    }
+    let ch = session_store::session::end_catch_up(&w.devices[away].store).unwrap();
+    session_store::Store::apply(&mut w.devices[away].store, &ch).unwrap();
+    w.join(away).unwrap();
+    // It speaks OMEMO 0.3 only: the members with OMEMO 2 only are out of its reach (best effort).
+    let m = w.best_effort(away, "back again");
+    assert_eq!(w.plaintext(0, m), "back again");
+}
