@@ -285,10 +285,23 @@ impl Room {
         self.clock += 1;
         let mut events = Vec::new();
         let mut n = 0;
+        let mut listed = BTreeSet::new();
         for item in query.children().filter(|c| c.name() == "item").map(xml::item) {
             let Some(jid) = item.jid else { continue };
             n += 1;
+            listed.insert(bare(&jid));
             events.extend(self.set_affiliation(&jid, item.affiliation.unwrap_or(list), FactSource::AffiliationList));
+        }
+        // The list is the room's whole answer: whoever we knew with this affiliation and is not on it any
+        // more lost it (banned or removed while we were not looking).
+        let gone: Vec<String> = self
+            .affiliations
+            .iter()
+            .filter(|(jid, f)| f.affiliation == list && !listed.contains(*jid))
+            .map(|(jid, _)| jid.clone())
+            .collect();
+        for jid in gone {
+            events.extend(self.set_affiliation(&jid, Affiliation::None, FactSource::AffiliationList));
         }
         self.lists.insert(list, ListState::Received(n));
         events

@@ -327,3 +327,18 @@ fn nick_reused_by_someone_else_and_device_candidates() {
     assert_eq!(a.real_jid, None);
     assert_eq!(a.conflicts[0].source, AttributionSource::OccupantId);
 }
+
+/// A member list read again (after a rejoin) is the whole truth: a member missing from it (banned or
+/// removed while we were away, with no presence to tell us) gets no more keys. Found by the
+/// `group_interaction` fuzz target.
+#[test]
+fn a_fresh_member_list_drops_who_is_gone() {
+    let mut room = alice_room();
+    assert!(room.recipients().unwrap().included.contains("bob@localhost"));
+    let without_bob = fixture_text("muc-affiliation-list-member-by-owner.recv.xml")
+        .replace("<item jid=\"bob@localhost\" affiliation=\"member\"/>", "");
+    room.apply_captured(&without_bob.trim().parse().unwrap()).unwrap();
+    let r = room.recipients().unwrap();
+    assert!(!r.included.contains("bob@localhost"));
+    assert!(r.included.contains("carol@localhost") && r.included.contains("dave@localhost"));
+}
