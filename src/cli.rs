@@ -134,6 +134,21 @@ impl Context {
     /// `publish`: for each namespace we speak, our entry merged into the device list, and our bundle
     /// (after topping up pre-keys and rotating the signed pre-key when due).
     pub fn publish(&mut self, pep: &PepDir) -> Result<Value, CliError> {
+        // Another device of this account may have taken our id before we ever published: move first.
+        let acc = self.account()?;
+        let mut published = Vec::new();
+        for ns in acc.namespaces.iter() {
+            for id in pep.device_list(&acc.jid, ns)? {
+                published.push((id, pep.bundle(&acc.jid, ns, id).ok().map(|b| b.identity_key)));
+            }
+        }
+        let moved_from = match account::resolve_device_id_collision(&self.store, &published, &mut OsRng)? {
+            Some(changes) => {
+                self.store.apply(&changes)?;
+                Some(acc.device_id)
+            }
+            None => None,
+        };
         let maint = account::maintain_keys(&self.store, now(), &mut OsRng)?;
         if !maint.is_empty() {
             self.store.apply(&maint)?;
@@ -150,7 +165,11 @@ impl Context {
             pep.set_bundle(&acc.jid, ns, acc.device_id, &bundle)?;
             out.insert(ns.short_name().into(), json!({"devices": list, "pre_keys": bundle.pre_keys.len()}));
         }
-        Ok(json!({"jid": acc.jid, "device_id": acc.device_id, "published": out}))
+        let mut result = json!({"jid": acc.jid, "device_id": acc.device_id, "published": out});
+        if let Some(old) = moved_from {
+            result["device_id_collision"] = json!({"taken": old, "now": acc.device_id});
+        }
+        Ok(result)
     }
 
     /// Reads the device lists of `jids` (and ours) from PEP into the store, then builds the missing

@@ -218,3 +218,41 @@ fn bench_fanout_reports_figures() {
     assert_eq!(tool(&["bench", "fanout", "--devices", "2", "--store", "disk"], None).0, 1);
     assert_eq!(tool(&["bench", "other"], None).0, 1);
 }
+
+/// Two devices of one account with the same device id: the second one to publish moves to a new id
+/// before anything is published under the taken one; the first keeps its entry.
+#[test]
+fn device_id_collision_is_resolved_before_the_first_publish() {
+    use session_store::{AccountStore, Store};
+    let s = Scratch::new("cli-collision");
+    let pep = s.dir.join("pep");
+    let pep = pep.to_str().unwrap();
+    let first = s.dir.join("first.sqlite3");
+    let second = s.dir.join("second.sqlite3");
+    let (first, second) = (first.to_str().unwrap(), second.to_str().unwrap());
+    assert_eq!(tool(&["--store", first, "--jid", "a@example.org", "init"], None).0, 0);
+    assert_eq!(tool(&["--store", first, "--jid", "a@example.org", "publish", "--pep", pep], None).0, 0);
+    assert_eq!(tool(&["--store", second, "--jid", "a@example.org", "init"], None).0, 0);
+    let taken = session_store::SqliteStore::open(first).unwrap().account().unwrap().unwrap().device_id;
+    {
+        let mut st = session_store::SqliteStore::open(second).unwrap();
+        let mut acc = st.account().unwrap().unwrap();
+        acc.device_id = taken;
+        st.apply(&session_store::Changes { account: Some(acc), ..Default::default() }).unwrap();
+    }
+    let (code, out, err) = tool(&["--store", second, "--jid", "a@example.org", "publish", "--pep", pep], None);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["device_id_collision"]["taken"], taken);
+    let now = v["device_id"].as_u64().unwrap() as u32;
+    assert_ne!(now, taken);
+    let list = v["published"]["twomemo"]["devices"].as_array().unwrap();
+    assert!(list.contains(&serde_json::json!(taken)) && list.contains(&serde_json::json!(now)), "{list:?}");
+    // Publishing again changes nothing: the id is ours now.
+    let (_, out, _) = tool(&["--store", second, "--jid", "a@example.org", "publish", "--pep", pep], None);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v.get("device_id_collision").is_none() && v["device_id"] == now);
+    let (_, out, _) = tool(&["--store", first, "--jid", "a@example.org", "publish", "--pep", pep], None);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v.get("device_id_collision").is_none() && v["device_id"] == taken);
+}

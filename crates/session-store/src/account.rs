@@ -178,6 +178,32 @@ impl Account {
     }
 }
 
+/// The device-id collision check before a publish: `published` are the device ids on our JID's device
+/// lists, each with the identity key its published bundle carries (`None` when there is no bundle). If
+/// our id is there with another identity key, another device of this account took it first: we move to
+/// a fresh id that avoids every listed one (our identity and pre-keys stay; nothing was published under
+/// the old id). Returns the change set, or `None` when there is no collision.
+pub fn resolve_device_id_collision(
+    store: &impl Store,
+    published: &[(DeviceId, Option<PublicKey>)],
+    rng: &mut impl CryptoRngCore,
+) -> Result<Option<Changes>, SessionError> {
+    let mut account = store.account()?.ok_or(SessionError::NoAccount)?;
+    let ours = account.identity.public;
+    let collides = published.iter().any(|(id, key)| *id == account.device_id && key.is_some_and(|k| k != ours));
+    if !collides {
+        return Ok(None);
+    }
+    let taken: Vec<DeviceId> = published.iter().map(|(id, _)| *id).collect();
+    account.device_id = loop {
+        let id = random_device_id(rng);
+        if !taken.contains(&id) && id != account.device_id {
+            break id;
+        }
+    };
+    Ok(Some(Changes { account: Some(account), ..Changes::default() }))
+}
+
 /// Our current bundle for `ns`: the newest signed pre-key and every one-time pre-key. The OMEMO 0.3
 /// bundle carries the stored XEdDSA signature over `0x05 ‖ spk`; the OMEMO 2 bundle an Ed25519-valid
 /// XEdDSA signature over the raw key, made here (its nonce input is derived from the key, so the same
