@@ -316,6 +316,10 @@ impl<S: Storage> World<S> {
             }
         }
         self.devices[i].online = true;
+        if self.devices[i].room.member_since().is_none() {
+            let now = self.now;
+            self.devices[i].room.set_member_since(now);
+        }
         self.broadcast(i, false, &[], None)
     }
 
@@ -367,7 +371,11 @@ impl<S: Storage> World<S> {
         let was_online = self.device(i)?.online;
         let d = &mut self.devices[i];
         d.store.reopen()?;
+        let since = d.room.member_since();
         d.room = Room::new(&self.room, &d.jid, Policy::default());
+        if let Some(since) = since {
+            d.room.set_member_since(since);
+        }
         d.online = false;
         if was_online {
             self.join(i)?;
@@ -455,8 +463,9 @@ impl<S: Storage> World<S> {
         );
         live = parse(&format!("<message xmlns='jabber:client' from='{room}/{nick}'{attrs}>{inner}{extra}</message>"))?;
         let archived = parse(&format!(
-            "<message xmlns='jabber:client' from='{room}'><result xmlns='urn:xmpp:mam:2' id='{sid}'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='{room}/{nick}'{attrs}>{inner}<x xmlns='http://jabber.org/protocol/muc#user'><item jid='{jid}'/></x>{extra}</message></forwarded></result></message>",
+            "<message xmlns='jabber:client' from='{room}'><result xmlns='urn:xmpp:mam:2' id='{sid}'><forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='{stamp}'/><message xmlns='jabber:client' from='{room}/{nick}'{attrs}>{inner}<x xmlns='http://jabber.org/protocol/muc#user'><item jid='{jid}'/></x>{extra}</message></forwarded></result></message>",
             jid = escape(&d.jid),
+            stamp = participant_resolver::xml::format_timestamp(self.now),
         ))?;
         self.posted.push(Posted { from, text: text.to_owned(), live, archived });
         Ok(index)

@@ -329,3 +329,35 @@ fn fifty_members_nick_changes_restarts_and_a_member_a_hundred_behind() {
     let m = w.best_effort(away, "back again");
     assert_eq!(w.plaintext(0, m), "back again");
 }
+
+/// A message without a key for this device is "sent before we joined" when the archive dates it before
+/// the device entered the room, and "not for this device" otherwise.
+#[test]
+fn sent_before_we_joined_is_told_apart() {
+    let mut w = world(
+        "before-joined",
+        &[
+            ("alice@example.org", "alice", NamespaceSet::BOTH),
+            ("bob@example.org", "bob", NamespaceSet::OLDMEMO),
+            ("carol@example.org", "carol", NamespaceSet::TWOMEMO),
+        ],
+        &[],
+    );
+    // Bob speaks OMEMO 0.3 only: carol (OMEMO 2 only) gets no key.
+    let first = w.best_effort(1, "one");
+    let second = w.best_effort(1, "two");
+    match w.deliver(2, first, true, PreKeyMode::Live).unwrap() {
+        Inbound::Undecryptable { cause: Cause::NotForThisDevice, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    // Had carol entered the room only after these messages:
+    let later = w.now() + 60;
+    w.devices[2].room.set_member_since(later);
+    w.restart(2).unwrap();
+    assert_eq!(w.devices[2].room.member_since(), Some(later), "kept across a restart");
+    match w.deliver(2, second, true, PreKeyMode::Live).unwrap() {
+        Inbound::Undecryptable { cause: Cause::SentBeforeWeJoined, .. } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.plaintext(0, second), "two");
+}

@@ -389,9 +389,11 @@ pub fn encrypt_group_message(
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Cause {
-    /// The message carries no key for this device (sent before we joined, or the sender did not know
-    /// this device yet).
+    /// The message carries no key for this device (the sender did not know this device yet, or left it
+    /// out).
     NotForThisDevice,
+    /// The message carries no key for this device and was sent before this device joined the room.
+    SentBeforeWeJoined,
     /// Nobody could be identified as the sender.
     UnknownSender,
     /// The sender's identity key is distrusted.
@@ -515,7 +517,10 @@ pub fn receive_group_message(
                 D::Session(SessionError::Store(e)) => return Err(e),
                 // The same message seen live and again from the archive (no stanza-id inside MAM results).
                 D::Session(SessionError::Duplicate { .. }) => return Ok((Inbound::Duplicate, changes)),
-                D::NotForThisDevice(_) => Cause::NotForThisDevice,
+                D::NotForThisDevice(_) => match (room.message_time(stanza), room.member_since()) {
+                    (Some(sent), Some(since)) if sent < since => Cause::SentBeforeWeJoined,
+                    _ => Cause::NotForThisDevice,
+                },
                 D::Session(SessionError::Distrusted { .. }) => Cause::UntrustedSender,
                 D::Session(SessionError::UnknownDevice { device, .. }) => Cause::UnknownDevice(device),
                 D::Session(

@@ -140,6 +140,7 @@ pub struct Room {
     pub(crate) occupant_ids: BTreeMap<String, BTreeSet<String>>,
     pending: BTreeMap<String, RequestKind>,
     pub(crate) clock: u64,
+    member_since: Option<u64>,
     next_id: u64,
 }
 
@@ -163,8 +164,35 @@ impl Room {
             occupant_ids: BTreeMap::new(),
             pending: BTreeMap::new(),
             clock: 0,
+            member_since: None,
             next_id: 0,
         }
+    }
+
+    /// Since when (seconds since the epoch) this device is in the room: messages from before then were
+    /// not encrypted for it. The client sets it when it first joins (and keeps it across restarts).
+    pub fn set_member_since(&mut self, secs: u64) {
+        self.member_since = Some(secs);
+    }
+
+    /// See [`Room::set_member_since`].
+    pub fn member_since(&self) -> Option<u64> {
+        self.member_since
+    }
+
+    /// When a message was sent, as far as it says: the XEP-0203 `<delay>` of a MAM result's forwarded
+    /// message (or of a delayed live one), in seconds since the epoch.
+    pub fn message_time(&self, stanza: &Element) -> Option<u64> {
+        let forwarded = stanza.get_child("result", xml::NS_MAM).and_then(|r| r.get_child("forwarded", xml::NS_FORWARD));
+        let delay = forwarded
+            .and_then(|f| f.get_child("delay", xml::NS_DELAY))
+            .or_else(|| {
+                forwarded
+                    .and_then(|f| f.get_child("message", xml::NS_CLIENT))
+                    .and_then(|m| m.get_child("delay", xml::NS_DELAY))
+            })
+            .or_else(|| stanza.get_child("delay", xml::NS_DELAY))?;
+        xml::parse_timestamp(delay.attr("stamp")?)
     }
 
     /// The room's bare JID.

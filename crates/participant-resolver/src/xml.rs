@@ -79,6 +79,69 @@ pub fn nesting_depth(text: &str, limit: usize) -> usize {
     deepest
 }
 
+/// XEP-0203 delayed delivery.
+pub const NS_DELAY: &str = "urn:xmpp:delay";
+
+/// Seconds since the Unix epoch of an XEP-0082 DateTime (`2026-11-22T08:15:00Z`, with optional
+/// fractional seconds and a `Z` or `±hh:mm` offset); `None` if it is not one.
+pub fn parse_timestamp(s: &str) -> Option<u64> {
+    let b = s.trim().as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = b.get(r)?;
+        t.iter().all(u8::is_ascii_digit).then(|| t.iter().fold(0i64, |a, d| a * 10 + i64::from(d - b'0')))
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+    }
+    let offset = match b.get(i)? {
+        b'Z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let o = num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60;
+            if *sign == b'+' {
+                o
+            } else {
+                -o
+            }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let (y, m) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + mi * 60 + sec - offset).ok()
+}
+
+/// Formats seconds since the epoch as an XEP-0082 DateTime in UTC.
+pub fn format_timestamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
 /// Escapes text for an XML attribute value or a text node.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -252,4 +315,32 @@ pub fn omemo_sender_device(message: &Element) -> Option<u32> {
 #[allow(clippy::expect_used)] // only called with fixed literals, every one exercised by the tests
 pub(crate) fn name(s: &'static str) -> minidom::rxml::NcName {
     minidom::rxml::NcName::try_from(s).expect("literal attribute names are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_timestamp("2026-11-22T08:15:00Z"), Some(1_795_335_300));
+        assert_eq!(parse_timestamp("2026-11-22T08:15:00.123456Z"), Some(1_795_335_300));
+        assert_eq!(parse_timestamp("2026-11-22T09:15:00+01:00"), Some(1_795_335_300));
+        assert_eq!(parse_timestamp("2000-02-29T12:00:00Z"), Some(951_825_600));
+        for bad in [
+            "",
+            "2026-11-22",
+            "2026-13-01T00:00:00Z",
+            "2026-11-22T08:15:00",
+            "2026-11-22T08:15:00Zx",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+        for t in [0, 951_825_600, 1_795_335_300, 4_102_444_800] {
+            assert_eq!(parse_timestamp(&format_timestamp(t)), Some(t));
+        }
+    }
 }
