@@ -222,9 +222,32 @@ fn restart_from_sqlite_and_catch_up_from_the_archive() {
     }
     let hidden = session_store::PreKeyStore::hidden_pre_keys(&w.devices[3].store).unwrap();
     assert_eq!(hidden.len(), 2, "alice's and dave's key exchanges");
-    let ch = session_store::session::end_catch_up(&w.devices[3].store).unwrap();
+    // The completion replies waited in the store (across a restart) until the catch-up ends.
+    w.restart(3).unwrap();
+    let due = session_store::LedgerStore::replies_due(&w.devices[3].store).unwrap();
+    let mut owed: Vec<&str> = due.iter().map(|a| a.jid.as_str()).collect();
+    owed.sort();
+    assert_eq!(owed, ["alice@example.org", "dave@example.org"]);
+    let mut rng = ChaCha20Rng::seed_from_u64(4);
+    let (replies, mut ch) = fan_out_encryptor::encrypt::empty_messages(&w.devices[3].store, &due, &mut rng).unwrap();
+    ch.merge(session_store::session::end_catch_up(&w.devices[3].store).unwrap());
     session_store::Store::apply(&mut w.devices[3].store, &ch).unwrap();
     assert!(session_store::PreKeyStore::hidden_pre_keys(&w.devices[3].store).unwrap().is_empty());
+    assert!(session_store::LedgerStore::replies_due(&w.devices[3].store).unwrap().is_empty());
+    // Alice's device reads carol's reply: its session is complete, no more key exchange for carol.
+    let to_alice = replies.iter().find(|r| r.attr("to") == Some("alice@example.org")).unwrap();
+    let ctx = fan_out_encryptor::Context {
+        sender: "carol@example.org",
+        expected_to: "alice@example.org",
+        group: false,
+        pre_keys: PreKeyMode::Live,
+    };
+    let (empty, ch) = fan_out_encryptor::decrypt_stanza(&w.devices[0].store, to_alice, &ctx, &mut rng).unwrap();
+    assert!(empty.plaintext.is_none());
+    session_store::Store::apply(&mut w.devices[0].store, &ch).unwrap();
+    let (_, coverage) = w.w.send(0, "after the reply", &GroupOptions::default()).unwrap();
+    let carol = coverage.keyed.iter().find(|(a, _)| a.jid == "carol@example.org").unwrap();
+    assert!(!carol.1, "no key exchange once carol answered");
 }
 
 #[test]

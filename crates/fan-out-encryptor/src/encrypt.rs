@@ -245,11 +245,24 @@ pub fn encrypt_message(
     jids: &[String],
     out: &Outgoing<'_>,
     choice: NamespaceChoice,
+    changes: Changes,
+    rng: &mut impl CryptoRngCore,
+) -> Result<EncryptedMessage, EncryptError> {
+    let (devices, without) = recipient_devices(store, jids, choice)?;
+    encrypt_to_devices(store, devices, without, out, changes, rng)
+}
+
+/// Encrypts `out` for exactly these devices (sessions must exist); `without` is carried into the
+/// coverage report.
+pub fn encrypt_to_devices(
+    store: &impl Store,
+    devices: Vec<SessionAddress>,
+    without: Vec<String>,
+    out: &Outgoing<'_>,
     mut changes: Changes,
     rng: &mut impl CryptoRngCore,
 ) -> Result<EncryptedMessage, EncryptError> {
     let account = store.account()?.ok_or(EncryptError::NoAccount)?;
-    let (devices, without) = recipient_devices(store, jids, choice)?;
     let mut coverage = Coverage { jids_without_devices: without, ..Coverage::default() };
     let uses = |ns| devices.iter().any(|a| a.namespace == ns);
 
@@ -306,4 +319,40 @@ pub fn encrypt_message(
         new.map(|(ciphertext, _)| ciphertext),
     );
     Ok(EncryptedMessage { oldmemo, twomemo, changes, coverage })
+}
+
+/// The empty OMEMO messages (key transport, XEP-0384) owed to `devices`: session completion after a
+/// key exchange, or a heartbeat. One `<message type='chat'>` per JID, with keys for the listed devices
+/// only. The changes (advanced sessions, and the replies no longer owed) must be committed before the
+/// stanzas are sent.
+pub fn empty_messages(
+    store: &impl Store,
+    devices: &[SessionAddress],
+    rng: &mut impl CryptoRngCore,
+) -> Result<(Vec<Element>, Changes), EncryptError> {
+    let mut by_jid: std::collections::BTreeMap<&str, Vec<SessionAddress>> = std::collections::BTreeMap::new();
+    for a in devices {
+        by_jid.entry(a.jid.as_str()).or_default().push(a.clone());
+    }
+    let mut stanzas = Vec::new();
+    let mut all = Changes { replies_done: devices.to_vec(), ..Changes::default() };
+    for (jid, addrs) in by_jid {
+        let out = Outgoing { body: None, sce_to: Some(jid), sce_time: None, sce_content: None };
+        let msg = match encrypt_to_devices(store, addrs, Vec::new(), &out, Changes::default(), rng) {
+            Ok(m) => m,
+            // The session is gone (or distrusted) since: nothing is owed any more.
+            Err(EncryptError::NoDevices) => continue,
+            Err(e) => return Err(e),
+        };
+        let headers = crate::xml::stanza::MessageHeaders {
+            to: Some(jid.to_owned()),
+            groupchat: false,
+            id: crate::xml::stanza::new_message_id(rng),
+            eme_namespace: msg.eme_namespace(),
+            fallback_body: false,
+        };
+        stanzas.push(crate::xml::stanza::build_message(&headers, msg.elements()));
+        all.merge(msg.changes);
+    }
+    Ok((stanzas, all))
 }

@@ -58,6 +58,10 @@ pub struct Changes {
     pub spent_tokens: Vec<(Vec<u8>, u64)>,
     /// Forget spent tokens that expired before this time.
     pub purge_tokens_before: Option<u64>,
+    /// Replies owed (read during a catch-up): send them when it ends.
+    pub replies_due: Vec<SessionAddress>,
+    /// Replies sent: no longer owed.
+    pub replies_done: Vec<SessionAddress>,
 }
 
 impl Changes {
@@ -78,6 +82,8 @@ impl Changes {
             seen,
             spent_tokens,
             purge_tokens_before,
+            replies_due,
+            replies_done,
         } = self;
         account.is_none()
             && signed_pre_keys.is_empty()
@@ -93,6 +99,8 @@ impl Changes {
             && seen.is_empty()
             && spent_tokens.is_empty()
             && purge_tokens_before.is_none()
+            && replies_due.is_empty()
+            && replies_done.is_empty()
     }
 
     /// Appends `other`; where both touch the same item, `other` wins (it is applied later).
@@ -112,6 +120,8 @@ impl Changes {
             seen,
             spent_tokens,
             purge_tokens_before,
+            replies_due,
+            replies_done,
         } = other;
         if account.is_some() {
             self.account = account;
@@ -132,6 +142,8 @@ impl Changes {
         self.seen.extend(seen);
         self.spent_tokens.extend(spent_tokens);
         self.purge_tokens_before = self.purge_tokens_before.max(purge_tokens_before);
+        self.replies_due.extend(replies_due);
+        self.replies_done.extend(replies_done);
     }
 
     /// The record this change set holds for `addr`, if any (so that later steps of one operation see

@@ -29,6 +29,7 @@ pub struct MemoryStore {
     ledger: BTreeMap<(String, String), LedgerEntry>,
     seen: BTreeSet<(String, String)>,
     spent_tokens: BTreeMap<Vec<u8>, u64>,
+    replies_due: BTreeSet<SessionAddress>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -111,6 +112,9 @@ impl LedgerStore for MemoryStore {
     fn token_spent(&self, nonce: &[u8]) -> Result<bool, StoreError> {
         Ok(self.spent_tokens.contains_key(nonce))
     }
+    fn replies_due(&self) -> Result<Vec<SessionAddress>, StoreError> {
+        Ok(self.replies_due.iter().cloned().collect())
+    }
 }
 
 impl Store for MemoryStore {
@@ -131,6 +135,8 @@ impl Store for MemoryStore {
             seen,
             spent_tokens,
             purge_tokens_before,
+            replies_due,
+            replies_done,
         } = changes;
         if let Some(a) = account {
             self.account = Some(a.clone());
@@ -183,6 +189,10 @@ impl Store for MemoryStore {
         if let Some(before) = purge_tokens_before {
             self.spent_tokens.retain(|_, exp| *exp >= *before);
         }
+        for a in replies_done {
+            self.replies_due.remove(a);
+        }
+        self.replies_due.extend(replies_due.iter().cloned());
         Ok(())
     }
 }

@@ -237,6 +237,23 @@ pub fn decrypt_with(
     mode: PreKeyMode,
     rng: &mut impl CryptoRngCore,
 ) -> Result<(DecryptedKey, Changes), SessionError> {
+    let (mut out, mut changes) = decrypt_any(store, account, from, data, mode, rng)?;
+    // While catching up, the replies wait in the store until the catch-up ends.
+    if mode == PreKeyMode::CatchUp && out.reply_due {
+        changes.replies_due.push(from.clone());
+        out.reply_due = false;
+    }
+    Ok((out, changes))
+}
+
+fn decrypt_any(
+    store: &impl Store,
+    account: &Account,
+    from: &SessionAddress,
+    data: &[u8],
+    mode: PreKeyMode,
+    rng: &mut impl CryptoRngCore,
+) -> Result<(DecryptedKey, Changes), SessionError> {
     match from.namespace {
         Namespace::Oldmemo => {
             if let Ok(kex) = PreKeySignalMessage::parse(data) {

@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/003_ledger.sql"),
     include_str!("migrations/004_hidden_pre_keys.sql"),
     include_str!("migrations/005_spent_tokens.sql"),
+    include_str!("migrations/006_replies_due.sql"),
 ];
 
 /// Store over a rusqlite connection. Tables are prefixed `omemo_`; the schema version is kept in
@@ -334,6 +335,18 @@ impl<C: BorrowMut<Connection>> LedgerStore for SqliteStore<C> {
         let mut stmt = self.c().prepare_cached("SELECT 1 FROM omemo_spent_token WHERE nonce = ?1")?;
         Ok(stmt.query_row(params![nonce], |_| Ok(())).optional()?.is_some())
     }
+    fn replies_due(&self) -> Result<Vec<SessionAddress>, StoreError> {
+        let mut stmt =
+            self.c().prepare_cached("SELECT namespace, jid, device FROM omemo_reply_due ORDER BY 1, 2, 3")?;
+        let rows: Vec<(u8, String, i64)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(ns, jid, d)| {
+                let ns = Namespace::from_code(ns).ok_or(StoreError::Corrupt("namespace"))?;
+                Ok(SessionAddress::new(ns, jid, u32_of(d, "device id")?))
+            })
+            .collect()
+    }
 }
 
 impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
@@ -366,6 +379,8 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             seen,
             spent_tokens,
             purge_tokens_before,
+            replies_due,
+            replies_done,
         } = changes;
         let tx = self.conn.borrow_mut().transaction()?;
         if let Some(a) = account {
@@ -463,6 +478,18 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
         if let Some(before) = purge_tokens_before {
             let before = i64::try_from(*before).unwrap_or(i64::MAX);
             tx.execute("DELETE FROM omemo_spent_token WHERE expires_at < ?1", [before])?;
+        }
+        for a in replies_done {
+            tx.execute(
+                "DELETE FROM omemo_reply_due WHERE namespace = ?1 AND jid = ?2 AND device = ?3",
+                params![a.namespace.code(), a.jid, a.device],
+            )?;
+        }
+        for a in replies_due {
+            tx.execute(
+                "INSERT OR IGNORE INTO omemo_reply_due (namespace, jid, device) VALUES (?1, ?2, ?3)",
+                params![a.namespace.code(), a.jid, a.device],
+            )?;
         }
         also(&tx)?;
         tx.commit()?;

@@ -522,7 +522,7 @@ mod sqlite_store {
         {
             let mut s = SqliteStore::open(&dir).unwrap();
             s.apply(&Account::create("a@b", NamespaceSet::BOTH, &[], 0, &mut ChaCha20Rng::seed_from_u64(1))).unwrap();
-            assert_eq!(s.schema_version().unwrap(), 5);
+            assert_eq!(s.schema_version().unwrap(), 6);
         }
         let s = SqliteStore::open(&dir).unwrap();
         assert_eq!(s.account().unwrap().unwrap().jid, "a@b");
@@ -544,7 +544,7 @@ mod sqlite_store {
             })
             .collect();
         for t in threads {
-            assert_eq!(t.join().unwrap().unwrap().unwrap(), 5);
+            assert_eq!(t.join().unwrap().unwrap().unwrap(), 6);
         }
         let _ = std::fs::remove_file(&path);
     }
@@ -556,7 +556,7 @@ mod sqlite_store {
         let path = std::env::temp_dir().join(format!("omemo-store-v1-{}.sqlite3", std::process::id()));
         std::fs::copy(fixture, &path).unwrap();
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 5);
+        assert_eq!(s.schema_version().unwrap(), 6);
         let acc = s.account().unwrap().unwrap();
         assert_eq!(acc.jid, "bob@example.org");
         assert_eq!(acc.namespaces, NamespaceSet::OLDMEMO, "schema-1 devices spoke OMEMO 0.3 only");

@@ -69,6 +69,8 @@ pub trait LedgerStore {
     fn seen(&self, room: &str, stanza_id: &str) -> Result<bool, StoreError>;
     /// Was the invitation token with this nonce used already?
     fn token_spent(&self, nonce: &[u8]) -> Result<bool, StoreError>;
+    /// The devices owed a reply (key exchanges and heartbeats read during a catch-up).
+    fn replies_due(&self) -> Result<Vec<SessionAddress>, StoreError>;
 }
 
 /// A complete store.
