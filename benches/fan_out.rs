@@ -14,7 +14,7 @@ fn fan_out(c: &mut Criterion) {
     g.sample_size(10);
     // `cargo bench` passes --bench; a smoke run (`cargo test --benches`, debug build) takes small rooms.
     let full = std::env::args().any(|a| a == "--bench");
-    let sizes: &[usize] = if full { &[1, 10, 100, 1000] } else { &[1, 10] };
+    let sizes: &[usize] = if full { &[1, 10, 100, 1000, 3000, 10_000] } else { &[1, 10] };
     for &n in sizes {
         g.throughput(Throughput::Elements(n as u64));
         let mut rng = ChaCha20Rng::seed_from_u64(n as u64);

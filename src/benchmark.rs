@@ -131,6 +131,22 @@ pub struct FanOutFigures {
     pub per_device_us: f64,
     /// Messages measured.
     pub runs: usize,
+    /// Peak resident memory while the messages were sent (the prepared store and room included, the
+    /// setup's temporary peaks not), in MiB; Linux only.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Resets the process's peak resident memory to its current size (Linux: `/proc/self/clear_refs`).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident memory since the last reset, in MiB (Linux: `VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -157,6 +173,7 @@ pub fn measure(
             let mut store = session_store::SqliteStore::open(&base)?;
             prepare(&mut store, devices, !cold, rng)?
         };
+        reset_peak_rss();
         if cold {
             for i in 0..=runs {
                 let copy = dir.join(format!("run{i}.sqlite3"));
@@ -178,6 +195,7 @@ pub fn measure(
     } else {
         let mut base = MemoryStore::default();
         let room = prepare(&mut base, devices, !cold, rng)?;
+        reset_peak_rss();
         let mut store = base.clone();
         send_once(&mut store, &room, rng)?;
         for _ in 0..runs {
@@ -187,8 +205,10 @@ pub fn measure(
             times.push(send_once(&mut store, &room, rng)?);
         }
     }
+    let peak_rss_mib = peak_rss_mib();
     let m = median(times);
     Ok(FanOutFigures {
+        peak_rss_mib,
         devices,
         store: if sqlite { "sqlite" } else { "memory" },
         cold,
