@@ -109,8 +109,7 @@ pub fn decrypt_stanza(ns: Namespace, data: &[u8]) -> bool {
         }
         Err(_) => false,
     };
-    let owners =
-        |id: u32| p.world.devices.iter().filter(|d| d.device_id == id).map(|d| d.jid.clone()).collect::<Vec<_>>();
+    let owners = p.world.device_owners();
     let mut store = bob.store.clone();
     if let Ok((inbound, changes)) = receive_group_message(&store, &bob.room, &msg, &owners, PreKeyMode::Live, &mut rng)
     {

@@ -479,14 +479,20 @@ impl<S: Storage> World<S> {
         self.receive(to, &stanza, mode)
     }
 
-    /// Device `to` processes any stanza of the room, and commits what the engine asks to commit.
-    pub fn receive(&mut self, to: usize, stanza: &Element, mode: PreKeyMode) -> Result<Inbound, WorldError> {
-        self.sync_device_lists(to)?;
+    /// Who owns a device id, as the published device lists say: what `receive_group_message` needs to
+    /// attribute a message by its device.
+    pub fn device_owners(&self) -> impl Fn(u32) -> Vec<String> {
         let owners: BTreeMap<DeviceId, Vec<String>> = self.devices.iter().fold(BTreeMap::new(), |mut m, d| {
             m.entry(d.device_id).or_insert_with(Vec::new).push(d.jid.clone());
             m
         });
-        let owners = move |id: u32| owners.get(&id).cloned().unwrap_or_default();
+        move |id: u32| owners.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Device `to` processes any stanza of the room, and commits what the engine asks to commit.
+    pub fn receive(&mut self, to: usize, stanza: &Element, mode: PreKeyMode) -> Result<Inbound, WorldError> {
+        self.sync_device_lists(to)?;
+        let owners = self.device_owners();
         let d = &mut self.devices[to];
         let (inbound, changes) = receive_group_message(&d.store, &d.room, stanza, &owners, mode, &mut self.rng)?;
         d.store.apply(&changes)?;

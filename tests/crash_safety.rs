@@ -88,8 +88,7 @@ fn history(dir: &Path, to: usize) -> std::collections::BTreeMap<usize, String> {
 /// Device `to` processes wire message `m`: the engine's changes and the history row in one transaction.
 fn receive(w: &mut World<Sql>, to: usize, m: usize, rng: &mut ChaCha20Rng) -> Inbound {
     w.sync_device_lists(to).unwrap();
-    let bob = w.devices[1].device_id;
-    let owners = move |id: u32| vec![if id == bob { "bob@example.org" } else { "alice@example.org" }.to_owned()];
+    let owners = w.device_owners();
     let stanza = w.posted[m].live.clone();
     let d = &w.devices[to];
     let (inbound, changes) = receive_group_message(&d.store, &d.room, &stanza, &owners, PreKeyMode::Live, rng).unwrap();

@@ -187,9 +187,23 @@ impl CreateGroup {
         &self.room
     }
 
-    fn id(&mut self) -> String {
+    /// An IQ of `kind` (`get`/`set`) to the room with `query` as its payload, and its fresh id.
+    fn request(&mut self, kind: &str, query: &str) -> Result<(String, Element), CreateError> {
         self.next_id += 1;
-        format!("create-{}-{}", self.id_prefix, self.next_id)
+        let id = format!("create-{}-{}", self.id_prefix, self.next_id);
+        let iq = element(format!(
+            "<iq xmlns='jabber:client' type='{kind}' id='{id}' to='{}'>{query}</iq>",
+            esc(&self.room)
+        ))?;
+        Ok((id, iq))
+    }
+
+    /// The member list request, after which the creation checks the grants.
+    fn request_members(&mut self) -> Result<Step, CreateError> {
+        let (id, q) =
+            self.request("get", &format!("<query xmlns='{NS_MUC_ADMIN}'><item affiliation='member'/></query>"))?;
+        self.state = State::AwaitMembers { id };
+        Ok(Step::Send(vec![q]))
     }
 
     /// The first stanza: our presence into the new room, asking for no history.
@@ -222,11 +236,7 @@ impl CreateGroup {
                     let condition = iq_error(stanza);
                     return self.fail(CreateError::Refused { step: "configuring the room", condition });
                 }
-                let id = self.id();
-                let q = element(format!(
-                    "<iq xmlns='jabber:client' type='get' id='{id}' to='{}'><query xmlns='{NS_DISCO_INFO}'/></iq>",
-                    esc(&self.room)
-                ))?;
+                let (id, q) = self.request("get", &format!("<query xmlns='{NS_DISCO_INFO}'/>"))?;
                 self.state = State::AwaitDisco { id };
                 Ok(Step::Send(vec![q]))
             }
@@ -249,13 +259,7 @@ impl CreateGroup {
                     self.state = State::Granting { pending };
                     return Ok(Step::Wait);
                 }
-                let id = self.id();
-                let q = element(format!(
-                    "<iq xmlns='jabber:client' type='get' id='{id}' to='{}'><query xmlns='{NS_MUC_ADMIN}'><item affiliation='member'/></query></iq>",
-                    esc(&self.room)
-                ))?;
-                self.state = State::AwaitMembers { id };
-                Ok(Step::Send(vec![q]))
+                self.request_members()
             }
             (State::AwaitMembers { id }, "iq") if stanza.attr("id") == Some(id.as_str()) => self.on_members(stanza),
             (State::Joining, "message")
@@ -283,11 +287,7 @@ impl CreateGroup {
             let room = self.room.clone();
             return self.fail(CreateError::RoomExists(room));
         }
-        let id = self.id();
-        let q = element(format!(
-            "<iq xmlns='jabber:client' type='get' id='{id}' to='{}'><query xmlns='{NS_MUC_OWNER}'/></iq>",
-            esc(&self.room)
-        ))?;
+        let (id, q) = self.request("get", &format!("<query xmlns='{NS_MUC_OWNER}'/>"))?;
         self.state = State::AwaitForm { id };
         Ok(Step::Send(vec![q]))
     }
@@ -304,16 +304,13 @@ impl CreateGroup {
             Ok(fields) => {
                 self.configured = fields.clone();
                 self.archiving = fields.iter().any(|(v, val)| is_archiving_field(v) && val == &["1"]);
-                let id = self.id();
                 let mut x = String::new();
                 for (var, values) in &fields {
                     let vals: String = values.iter().map(|v| format!("<value>{}</value>", esc(v))).collect();
                     x.push_str(&format!("<field var='{}'>{vals}</field>", esc(var)));
                 }
-                let submit = element(format!(
-                    "<iq xmlns='jabber:client' type='set' id='{id}' to='{}'><query xmlns='{NS_MUC_OWNER}'><x xmlns='{NS_DATA}' type='submit'>{x}</x></query></iq>",
-                    esc(&self.room)
-                ))?;
+                let query = format!("<query xmlns='{NS_MUC_OWNER}'><x xmlns='{NS_DATA}' type='submit'>{x}</x></query>");
+                let (id, submit) = self.request("set", &query)?;
                 self.state = State::AwaitSubmit { id };
                 Ok(Step::Send(vec![submit]))
             }
@@ -343,24 +340,16 @@ impl CreateGroup {
             self.archiving = true;
         }
         if self.invitees.is_empty() {
-            let id = self.id();
-            let q = element(format!(
-                "<iq xmlns='jabber:client' type='get' id='{id}' to='{}'><query xmlns='{NS_MUC_ADMIN}'><item affiliation='member'/></query></iq>",
-                esc(&self.room)
-            ))?;
-            self.state = State::AwaitMembers { id };
-            return Ok(Step::Send(vec![q]));
+            return self.request_members();
         }
         // One item per request.
         let mut out = Vec::new();
         let mut pending = Vec::new();
         for jid in self.invitees.clone() {
-            let id = self.id();
-            out.push(element(format!(
-                "<iq xmlns='jabber:client' type='set' id='{id}' to='{}'><query xmlns='{NS_MUC_ADMIN}'><item affiliation='member' jid='{}'/></query></iq>",
-                esc(&self.room),
-                esc(&jid)
-            ))?);
+            let query =
+                format!("<query xmlns='{NS_MUC_ADMIN}'><item affiliation='member' jid='{}'/></query>", esc(&jid));
+            let (id, iq) = self.request("set", &query)?;
+            out.push(iq);
             pending.push((id, jid));
         }
         self.state = State::Granting { pending };
