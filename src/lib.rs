@@ -11,7 +11,9 @@ pub use session_store;
 
 pub mod benchmark;
 pub mod cli;
+pub mod driver;
 pub mod fuzzing;
 pub mod inspect;
+pub mod local;
 pub mod pep_dir;
 pub mod world;
