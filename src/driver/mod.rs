@@ -336,6 +336,9 @@ enum Work {
     Hold(oneshot::Sender<()>, oneshot::Receiver<()>),
 }
 
+/// Someone waiting for a fetch already under way.
+type FetchWaiter = oneshot::Sender<Result<Element, String>>;
+
 struct Inner<S> {
     transport: Arc<dyn Transport>,
     jid: String,
@@ -345,7 +348,7 @@ struct Inner<S> {
     taps: Mutex<HashMap<String, mpsc::UnboundedSender<Element>>>,
     joins: Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>,
     reflections: Mutex<HashMap<String, oneshot::Sender<Option<String>>>>,
-    inflight: Mutex<HashMap<String, Vec<oneshot::Sender<Result<Element, String>>>>>,
+    inflight: Mutex<HashMap<String, Vec<FetchWaiter>>>,
     backoff: Mutex<HashMap<SessionAddress, (u32, Instant)>>,
     subscribed: Mutex<BTreeSet<String>>,
     events: mpsc::UnboundedSender<Event>,

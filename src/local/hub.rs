@@ -267,7 +267,11 @@ impl Hub {
 
     fn route(&mut self, to: &str, stanza: Element, out: &mut Out) {
         let targets = if to.contains('/') {
-            self.online.contains(to).then(|| vec![to.to_owned()]).unwrap_or_else(|| self.resources_of(&bare(to)))
+            if self.online.contains(to) {
+                vec![to.to_owned()]
+            } else {
+                self.resources_of(&bare(to))
+            }
         } else {
             self.resources_of(to)
         };
@@ -522,7 +526,7 @@ impl Hub {
                 let field =
                     |var: &str, t: &str, v: &str| format!("<field var='{var}' type='{t}'><value>{v}</value></field>");
                 let form = [
-                    format!("<field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/muc#roomconfig</value></field>"),
+                    "<field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/muc#roomconfig</value></field>".to_owned(),
                     field("muc#roomconfig_roomname", "text-single", ""),
                     field("muc#roomconfig_persistentroom", "boolean", b(r.persistent)),
                     field("muc#roomconfig_publicroom", "boolean", "1"),
