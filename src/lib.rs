@@ -11,6 +11,7 @@ pub use session_store;
 
 pub mod benchmark;
 pub mod cli;
+pub mod demo;
 pub mod driver;
 pub mod fuzzing;
 pub mod inspect;

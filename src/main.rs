@@ -10,6 +10,10 @@
 //!   devices [--peer JID]
 //!   trust --peer JID --device ID --level verified|distrusted|blind
 //!
+//! omemo-muc demo [--crowd N]
+//!   the demo: an in-process server, a private group of five devices (both namespaces), a ban, a
+//!   catch-up from the archive, and a room of N members (default 1000)
+//!
 //! omemo-muc bench fanout --devices N --store sqlite|memory [--cold] [--json]
 //!   the whole send path (resolve, wrap, stanza, commit) to N devices: median time per message
 //!
@@ -54,6 +58,7 @@ const VALUED: &[&str] = &[
     "--room-jid",
     "--sender-of",
     "--devices",
+    "--crowd",
 ];
 
 /// Flags without a value.
@@ -184,7 +189,32 @@ fn bench(args: &Args) -> Result<String, CliError> {
     })
 }
 
+fn demo(args: &Args) -> Result<String, CliError> {
+    let crowd: usize = args
+        .one("--crowd")
+        .unwrap_or("1000")
+        .parse()
+        .ok()
+        .filter(|n| *n <= 20_000)
+        .ok_or_else(|| CliError::usage("--crowd must be a number from 0 to 20000"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::usage(format!("tokio runtime: {e}")))?;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    runtime.block_on(omemo_muc::demo::run(&mut stdout, &mut stderr, crowd)).map_err(|e| CliError {
+        kind: "demo",
+        detail: e.to_string(),
+        code: 1,
+    })?;
+    Ok(String::new())
+}
+
 fn run(args: &Args) -> Result<String, CliError> {
+    if args.command == "demo" {
+        return demo(args);
+    }
     if args.command == "inspect-room" {
         return inspect_room(args);
     }
@@ -234,7 +264,9 @@ fn main() -> ExitCode {
     let result = Args::parse(std::env::args().skip(1).collect()).and_then(|a| run(&a));
     match result {
         Ok(out) => {
-            println!("{out}");
+            if !out.is_empty() {
+                println!("{out}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -334,6 +334,8 @@ enum Work {
     Marker(oneshot::Sender<()>),
     /// Says when the processor got here, then holds it until released.
     Hold(oneshot::Sender<()>, oneshot::Receiver<()>),
+    /// The connection ended: stop.
+    Stop,
 }
 
 /// Someone waiting for a fetch already under way.
@@ -565,6 +567,7 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
             }
         }
         self.emit(Event::Disconnected);
+        let _ = self.inner.work.send(Work::Stop);
     }
 
     async fn process(self, mut work: mpsc::UnboundedReceiver<Work>) {
@@ -577,6 +580,7 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
                     let _ = reached.send(());
                     let _ = release.await;
                 }
+                Work::Stop => break,
                 Work::Stanza(stanza) => {
                     if let Err(e) = self.handle(stanza).await {
                         self.emit(Event::Error { context: "incoming stanza".into(), detail: e.to_string() });
@@ -1369,9 +1373,11 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
         self.admin(room, &format!("<item affiliation='outcast' jid='{}'/>", escape(&bare(jid)))).await
     }
 
-    /// Grants `jid` membership of `room`.
-    pub async fn grant_membership(&self, room: &str, jid: &str) -> Result<(), DriverError> {
-        self.admin(room, &format!("<item affiliation='member' jid='{}'/>", escape(&bare(jid)))).await
+    /// Grants `jids` membership of `room`, in one request (the server applies it as a whole or not).
+    pub async fn grant_membership(&self, room: &str, jids: &[String]) -> Result<(), DriverError> {
+        let items: String =
+            jids.iter().map(|j| format!("<item affiliation='member' jid='{}'/>", escape(&bare(j)))).collect();
+        self.admin(room, &items).await
     }
 
     /// Kicks the occupant `nick` out of `room` (role `none`).
@@ -1451,7 +1457,9 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
         Ok(CreatedRoom { group, invited })
     }
 
-    /// Sends `invitee` an OMEMO-encrypted direct invitation to `room`; returns how many devices got it.
+    /// Sends `invitee` an OMEMO-encrypted direct invitation to `room` (our other devices get a copy);
+    /// returns how many of the invitee's devices got it. An invitee without a usable device is an error:
+    /// nothing is sent in plaintext.
     pub async fn invite(&self, room: &str, invitee: &str) -> Result<usize, DriverError> {
         let invitee = bare(invitee);
         self.refresh_device_lists(std::slice::from_ref(&invitee)).await?;
@@ -1464,7 +1472,12 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
             .blocking(move |st| -> Result<(Element, usize), DriverError> {
                 let State { store, rng, .. } = st;
                 let enc = encrypt_invitation(store, &invitee, &invitation, &bundles, NamespaceChoice::Auto, rng)?;
-                let n = enc.message.coverage.keyed.len();
+                let n = enc.message.coverage.keyed.iter().filter(|(a, _)| a.jid == invitee).count();
+                if n == 0 {
+                    return Err(DriverError::Group(fan_out_encryptor::group::GroupError::MembersWithoutDevices(vec![
+                        invitee.clone(),
+                    ])));
+                }
                 store.apply(&enc.message.changes)?;
                 Ok((enc.stanza, n))
             })

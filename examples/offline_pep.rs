@@ -1,9 +1,9 @@
-//! Demo: three devices talk through the library, in SQLite stores, with a PEP directory in a temporary
+//! Offline: three devices talk through the library, in SQLite stores, with a PEP directory in a temporary
 //! folder standing in for the server. Alice's phone speaks both OMEMO namespaces, her laptop only OMEMO
 //! 0.3 (like Conversations or Dino), Bob's client only OMEMO 2 (like Kaidan): one stanza carries both
 //! `<encrypted>` elements, and every device reads the one meant for it.
 //!
-//! Run: `cargo run --example demo`
+//! Run: `cargo run --example offline_pep`
 
 use omemo_muc::{cli::Context, fan_out_encryptor::NamespaceChoice, pep_dir::PepDir, session_store::NamespaceSet};
 
