@@ -16,5 +16,9 @@ pub mod driver;
 pub mod fuzzing;
 pub mod inspect;
 pub mod local;
+#[cfg(feature = "xmpp")]
+pub mod online;
 pub mod pep_dir;
 pub mod world;
+#[cfg(feature = "xmpp")]
+pub mod xmpp;

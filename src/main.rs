@@ -10,6 +10,17 @@
 //!   devices [--peer JID]
 //!   trust --peer JID --device ID --level verified|distrusted|blind
 //!
+//! omemo-muc --store FILE --jid BAREJID --password PASS --server HOST:PORT [--insecure-plain] [--nick NICK]
+//!           [--muc SERVICE] <online command>
+//!   create-group --invite JID[,JID...]       prints the room JID
+//!   accept-invite [--from JID] --seconds N  waits for an invitation, shows it on stderr, joins; prints the room
+//!   join ROOM                               joins, reads the archive; prints its events (JSON lines)
+//!   send ROOM TEXT                          joins if needed, sends, waits for the reflection; prints coverage
+//!   listen ROOM --seconds N [--expect K]    JSON line per event; exit 0 after K messages from others, 3 on timeout
+//!   chat ROOM                               interactive: history, then live; each line typed is sent
+//!   ban ROOM JID | kick ROOM NICK
+//!   (plain TCP only to loopback addresses unless --insecure-plain; STARTTLS otherwise)
+//!
 //! omemo-muc demo [--crowd N]
 //!   the demo: an in-process server, a private group of five devices (both namespaces), a ban, a
 //!   catch-up from the archive, and a room of N members (default 1000)
@@ -59,10 +70,21 @@ const VALUED: &[&str] = &[
     "--sender-of",
     "--devices",
     "--crowd",
+    "--password",
+    "--server",
+    "--invite",
+    "--from",
+    "--seconds",
+    "--expect",
+    "--nick",
+    "--muc",
 ];
 
 /// Flags without a value.
-const SWITCHES: &[&str] = &["--allow-open-rooms", "--cold", "--json"];
+const SWITCHES: &[&str] = &["--allow-open-rooms", "--cold", "--json", "--insecure-plain"];
+
+/// Commands that go online (need --password and --server).
+const ONLINE: &[&str] = &["create-group", "accept-invite", "join", "send", "listen", "chat", "ban", "kick"];
 
 struct Args {
     command: String,
@@ -211,6 +233,55 @@ fn demo(args: &Args) -> Result<String, CliError> {
     Ok(String::new())
 }
 
+#[cfg(feature = "xmpp")]
+fn online(args: &Args) -> Result<i32, CliError> {
+    let jid = args.need("--jid")?.to_owned();
+    if jid.contains('/') || !jid.contains('@') {
+        return Err(CliError::usage(format!("--jid must be a bare JID, got {jid:?}")));
+    }
+    let domain = jid.split_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
+    let number = |name: &str| -> Result<Option<u64>, CliError> {
+        args.one(name)
+            .map(|v| v.parse::<u64>().map_err(|_| CliError::usage(format!("{name} must be a number"))))
+            .transpose()
+    };
+    let login = omemo_muc::online::Login {
+        store: args.need("--store")?.to_owned(),
+        nick: args.one("--nick").map(str::to_owned).unwrap_or_else(|| jid.split('@').next().unwrap_or("me").to_owned()),
+        muc_service: args.one("--muc").map(str::to_owned).unwrap_or_else(|| format!("conference.{domain}")),
+        jid,
+        password: args.need("--password")?.to_owned(),
+        server: args.need("--server")?.to_owned(),
+        insecure_plain: args.switches.iter().any(|s| s == "--insecure-plain"),
+    };
+    let opts = omemo_muc::online::OnlineOptions {
+        invite: args.list("--invite"),
+        from: args.one("--from").map(str::to_owned),
+        seconds: number("--seconds")?.map(|s| s.min(86_400)),
+        expect: number("--expect")?.map(|k| k as usize),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::usage(format!("tokio runtime: {e}")))?;
+    // Every command is bounded: the longest wait asked for, plus a minute for connecting and joining.
+    let bound = std::time::Duration::from_secs(opts.seconds.unwrap_or(30) + 60);
+    runtime.block_on(async {
+        match tokio::time::timeout(bound, omemo_muc::online::run(&login, &args.command, &args.positional, &opts)).await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                Err(CliError { kind: "timeout", detail: format!("gave up after {} s", bound.as_secs()), code: 3 })
+            }
+        }
+    })
+}
+
+#[cfg(not(feature = "xmpp"))]
+fn online(_: &Args) -> Result<i32, CliError> {
+    Err(CliError::usage("this build has no XMPP transport (feature `xmpp`)"))
+}
+
 fn run(args: &Args) -> Result<String, CliError> {
     if args.command == "demo" {
         return demo(args);
@@ -261,7 +332,20 @@ fn run(args: &Args) -> Result<String, CliError> {
 }
 
 fn main() -> ExitCode {
-    let result = Args::parse(std::env::args().skip(1).collect()).and_then(|a| run(&a));
+    let args = Args::parse(std::env::args().skip(1).collect());
+    if let Ok(a) = &args {
+        if ONLINE.contains(&a.command.as_str()) {
+            return match online(a) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                Err(e) => {
+                    println!("{}", json!({"error": e.kind, "detail": e.detail}));
+                    eprintln!("omemo-muc: {}: {}", e.kind, e.detail);
+                    ExitCode::from(u8::try_from(e.code).unwrap_or(1))
+                }
+            };
+        }
+    }
+    let result = args.and_then(|a| run(&a));
     match result {
         Ok(out) => {
             if !out.is_empty() {

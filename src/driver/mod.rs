@@ -441,6 +441,9 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
         let me = OmemoMuc { inner };
         tokio::spawn(me.clone().route(incoming));
         tokio::spawn(me.clone().process(work_rx));
+        // Initial presence: servers deliver messages to the bare JID (invitations, session completions)
+        // only to resources that sent one.
+        me.send_stanza(element("<presence xmlns='jabber:client'/>")?).await?;
         let published = me.publish().await?;
         Ok((me, events_rx, published))
     }
@@ -1373,11 +1376,22 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
         self.admin(room, &format!("<item affiliation='outcast' jid='{}'/>", escape(&bare(jid)))).await
     }
 
-    /// Grants `jids` membership of `room`, in one request (the server applies it as a whole or not).
+    /// Grants `jids` membership of `room`: one request per JID (Prosody 0.12 applies only the first
+    /// item of a batch and still answers `result`), up to 32 at a time.
     pub async fn grant_membership(&self, room: &str, jids: &[String]) -> Result<(), DriverError> {
-        let items: String =
-            jids.iter().map(|j| format!("<item affiliation='member' jid='{}'/>", escape(&bare(j)))).collect();
-        self.admin(room, &items).await
+        for chunk in jids.chunks(32) {
+            let mut tasks = JoinSet::new();
+            for j in chunk {
+                let me = self.clone();
+                let room = room.to_owned();
+                let item = format!("<item affiliation='member' jid='{}'/>", escape(&bare(j)));
+                tasks.spawn(async move { me.admin(&room, &item).await });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.map_err(|_| DriverError::Stopped)??;
+            }
+        }
+        Ok(())
     }
 
     /// Kicks the occupant `nick` out of `room` (role `none`).

@@ -1,0 +1,248 @@
+//! End to end against a real server: a private Prosody (Debian package, ../shared/realworld) on a free
+//! loopback port, the driver over tokio-xmpp, and the command-line tool. Our clients create a private
+//! group, invite, join, exchange messages in both namespaces; a member catches up from the archive
+//! after a restart from its store file; a banned member stops getting keys.
+//!
+//! Needs Prosody: `../shared/realworld/install-prosody.sh` (CI runs it).
+#![cfg(feature = "xmpp")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use omemo_muc::{
+    driver::{Config, Event, OmemoMuc, RoomChange, Source},
+    session_store::{Namespace, NamespaceSet, SqliteStore},
+    xmpp::{connect, Security},
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+fn realworld() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/realworld")
+}
+
+/// A private Prosody; stopped on drop.
+struct Prosody {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Prosody {
+    fn start(name: &str) -> Prosody {
+        assert!(
+            Command::new("sh").arg("-c").arg("command -v prosody").output().unwrap().status.success(),
+            "Prosody is not installed: run ../shared/realworld/install-prosody.sh"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("omemo-muc-prosody-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = Command::new(realworld().join("start-prosody.sh"))
+            .arg(&dir)
+            .env("PROSODY_PORT", port.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "start-prosody: {}", String::from_utf8_lossy(&out.stderr));
+        Prosody { dir, port }
+    }
+
+    fn server(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        let _ = Command::new(realworld().join("stop-prosody.sh")).arg(&self.dir).output();
+        if std::env::var_os("OMEMO_KEEP_PROSODY").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+type Db = SqliteStore<rusqlite::Connection>;
+
+async fn client(p: &Prosody, user: &str, store: &Path, ns: NamespaceSet) -> (OmemoMuc<Db>, UnboundedReceiver<Event>) {
+    let conn =
+        connect(&format!("{user}@localhost"), user, &p.server(), Security::PlainLoopbackOnly, Duration::from_secs(15))
+            .await
+            .unwrap();
+    let mut config = Config::new("conference.localhost");
+    config.namespaces = ns;
+    let (driver, events, _) = OmemoMuc::start(conn, SqliteStore::open(store).unwrap(), config).await.unwrap();
+    (driver, events)
+}
+
+async fn next<T>(rx: &mut UnboundedReceiver<Event>, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) => {
+                eprintln!("{what}: {e:?}");
+                if let Some(t) = pick(&e) {
+                    return t;
+                }
+            }
+            Ok(None) => panic!("{what}: the driver stopped"),
+            Err(_) => panic!("{what}: nothing within 20 s"),
+        }
+    }
+}
+
+fn message(e: &Event) -> Option<(String, String, Source, Namespace)> {
+    match e {
+        Event::Message(m) => Some((m.from_jid.clone(), m.text.clone(), m.source, m.namespace)),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_group_on_prosody() {
+    let p = Prosody::start("driver");
+    let dir = p.dir.join("stores");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (alice, mut alice_rx) = client(&p, "alice", &dir.join("alice.db"), NamespaceSet::BOTH).await;
+    let (bob, mut bob_rx) = client(&p, "bob", &dir.join("bob.db"), NamespaceSet::OLDMEMO).await;
+    let (carol, mut carol_rx) = client(&p, "carol", &dir.join("carol.db"), NamespaceSet::TWOMEMO).await;
+
+    let created = alice.create_group(&["bob@localhost".into(), "carol@localhost".into()], "alice", None).await.unwrap();
+    let room = created.group.room.clone();
+    assert!(created.group.archiving, "{created:?}");
+    for (who, r) in &created.invited {
+        assert_eq!(r.as_ref().ok(), Some(&1), "invitation to {who}");
+    }
+    for (rx, name) in [(&mut bob_rx, "bob"), (&mut carol_rx, "carol")] {
+        let inv = next(rx, name, |e| match e {
+            Event::Invitation { invitation, .. } => Some(invitation.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(inv.room, room);
+        assert!(inv.encrypted);
+    }
+    bob.join(&room, "bob").await.unwrap();
+    carol.join(&room, "carol").await.unwrap();
+
+    let sent = alice.send_confirmed(&room, "hello over prosody", Duration::from_secs(20)).await.unwrap();
+    assert_eq!(sent.coverage.keyed.len(), 2, "{:?}", sent.coverage);
+    assert!(sent.stanza_id.is_some(), "Prosody adds a stanza-id");
+    let (from, text, source, ns) = next(&mut bob_rx, "bob reads", message).await;
+    assert_eq!(
+        (from.as_str(), text.as_str(), source, ns),
+        ("alice@localhost", "hello over prosody", Source::Live, Namespace::Oldmemo)
+    );
+    let (_, text, _, ns) = next(&mut carol_rx, "carol reads", message).await;
+    assert_eq!((text.as_str(), ns), ("hello over prosody", Namespace::Twomemo));
+
+    // Bob goes offline; two messages later he restarts from his store file and catches up.
+    bob.close().await;
+    drop((bob, bob_rx));
+    alice.send_confirmed(&room, "missed 1", Duration::from_secs(20)).await.unwrap();
+    alice.send_confirmed(&room, "missed 2", Duration::from_secs(20)).await.unwrap();
+    let (bob, mut bob_rx) = client(&p, "bob", &dir.join("bob.db"), NamespaceSet::OLDMEMO).await;
+    bob.join(&room, "bob").await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(2), bob_rx.recv()).await {
+        if let Some((_, t, s, _)) = message(&e) {
+            got.push((t, s));
+        }
+    }
+    assert_eq!(got, vec![("missed 1".to_owned(), Source::Archive), ("missed 2".to_owned(), Source::Archive)]);
+
+    // Carol is banned: out of the room, no key in the next message, and she cannot come back.
+    alice.ban(&room, "carol@localhost").await.unwrap();
+    next(&mut carol_rx, "carol banned", |e| match e {
+        Event::Room { change: RoomChange::Left(why), .. } => Some(*why),
+        _ => None,
+    })
+    .await;
+    let sent = alice.send_confirmed(&room, "after the ban", Duration::from_secs(20)).await.unwrap();
+    assert!(sent.coverage.keyed.iter().all(|(a, _)| a.jid != "carol@localhost"), "{:?}", sent.coverage);
+    let (_, text, _, _) = next(&mut bob_rx, "bob reads after the ban", message).await;
+    assert_eq!(text, "after the ban");
+    assert!(carol.join(&room, "carol").await.is_err());
+    // And the 0.3-only member writes back to the owner.
+    bob.send_confirmed(&room, "bob here", Duration::from_secs(20)).await.unwrap();
+    let (from, text, _, ns) = next(&mut alice_rx, "alice reads bob", message).await;
+    assert_eq!((from.as_str(), text.as_str(), ns), ("bob@localhost", "bob here", Namespace::Oldmemo));
+}
+
+/// The command-line tool against Prosody: create-group, accept-invite, send, listen --expect, and the
+/// errors a user meets (wrong password, nothing listening).
+#[test]
+fn command_line_tool_on_prosody() {
+    let p = Prosody::start("cli");
+    let bin = env!("CARGO_BIN_EXE_omemo-muc");
+    let tool = |user: &str, password: &str, args: &[&str]| {
+        let store = p.dir.join(format!("{user}.db"));
+        let mut c = Command::new(bin);
+        c.args(["--store", store.to_str().unwrap(), "--jid", &format!("{user}@localhost"), "--password", password]);
+        c.args(["--server", &p.server()]);
+        c.args(args);
+        c
+    };
+    // Dave waits for an invitation while Alice creates the group.
+    let accept = tool("dave", "dave", &["accept-invite", "--from", "alice@localhost", "--seconds", "40"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Dave must be online (and have published his keys) before the invitation is encrypted for him.
+    let mut ready = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(200));
+        let log = std::fs::read_to_string(p.dir.join("prosody.log")).unwrap_or_default();
+        if log.contains("dave@localhost") && log.contains("urn:xmpp:omemo:2:bundles") {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "dave never published");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = tool("alice", "alice", &["create-group", "--invite", "dave@localhost"]).output().unwrap();
+    assert!(out.status.success(), "create-group: {}", String::from_utf8_lossy(&out.stderr));
+    let room: String = serde_json::from_slice(&out.stdout).unwrap();
+    let accepted = accept.wait_with_output().unwrap();
+    assert!(accepted.status.success(), "accept-invite: {}", String::from_utf8_lossy(&accepted.stderr));
+    assert_eq!(serde_json::from_slice::<String>(&accepted.stdout).unwrap(), room);
+    assert!(String::from_utf8_lossy(&accepted.stderr).contains("TrustedDevice(\"alice@localhost\")"));
+
+    let out = tool("alice", "alice", &["send", &room, "hello dave"]).output().unwrap();
+    assert!(out.status.success(), "send: {}", String::from_utf8_lossy(&out.stderr));
+    let coverage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(coverage["keyed"].as_array().unwrap().len(), 1, "{coverage}");
+
+    let out = tool("dave", "dave", &["listen", &room, "--seconds", "20", "--expect", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "listen: {}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let msg = lines.iter().find(|l| l["type"] == "message").unwrap();
+    assert_eq!(
+        (msg["text"].as_str(), msg["source"].as_str(), msg["from_jid"].as_str()),
+        (Some("hello dave"), Some("mam"), Some("alice@localhost"))
+    );
+    // Seen once: listening again reports nothing new, and times out with 3.
+    let out = tool("dave", "dave", &["listen", &room, "--seconds", "3", "--expect", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("hello dave"));
+
+    let out = tool("alice", "wrong", &["join", &room]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("authentication"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut c = tool("alice", "alice", &["join", &room]);
+    c.args(["--server", &format!("127.0.0.1:{closed}")]);
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
