@@ -254,11 +254,14 @@ pub async fn run(login: &Login, command: &str, args: &[String], opts: &OnlineOpt
         }
         "ban" => {
             let [room, jid] = args else { return Err(CliError::usage("ban ROOM JID")) };
+            // Servers take moderation from occupants: join first.
+            driver.join(room, &login.nick).await?;
             driver.ban(room, jid).await?;
             0
         }
         "kick" => {
             let [room, nick] = args else { return Err(CliError::usage("kick ROOM NICK")) };
+            driver.join(room, &login.nick).await?;
             driver.kick(room, nick).await?;
             0
         }

@@ -228,6 +228,53 @@ fn command_line_tool_on_prosody() {
     assert_eq!(out.status.code(), Some(3));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("hello dave"));
 
+    // Interactive chat: Dave types a line, then /quit; Alice reads it.
+    let mut chat = tool("dave", "dave", &["chat", &room])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = chat.stdin.take().unwrap();
+        stdin.write_all(b"typed in chat\n/quit\n").unwrap();
+    }
+    let chatted = chat.wait_with_output().unwrap();
+    assert!(chatted.status.success(), "chat: {}", String::from_utf8_lossy(&chatted.stderr));
+    let transcript = String::from_utf8_lossy(&chatted.stdout);
+    assert!(!transcript.contains("hello dave"), "already read with listen, not shown again: {transcript}");
+    assert!(transcript.contains("(sent to 1 devices)"), "{transcript}");
+    let out = tool("alice", "alice", &["listen", &room, "--seconds", "20", "--expect", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "listen: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"text\":\"typed in chat\""));
+
+    // The owner kicks Dave's occupant; he stays a member.
+    let mut listening = tool("dave", "dave", &["listen", &room, "--seconds", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut last = String::new();
+    let mut kicked = false;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(300));
+        let out = tool("alice", "alice", &["kick", &room, "dave"]).output().unwrap();
+        if out.status.success() {
+            kicked = true;
+            break;
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+    }
+    assert!(kicked, "kick never succeeded: {last}");
+    let _ = listening.kill();
+    let heard = listening.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&heard.stdout).contains("\"reason\":\"kicked\""),
+        "{}",
+        String::from_utf8_lossy(&heard.stdout)
+    );
+
     let out = tool("alice", "wrong", &["join", &room]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(
