@@ -805,35 +805,45 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
         }
         let sender = bare(from);
         let copy = stanza.clone();
-        let found = self
+        let (found, reply) = self
             .blocking(move |st| -> Result<_, DriverError> {
                 let State { store, rng, contacts, .. } = st;
+                // Decrypted once to learn whether the sender's device is owed an answer (a key exchange
+                // that started a session); nothing is committed by this step.
+                let mut reply = None;
+                let mut plain_changes = None;
+                if encrypted {
+                    let jid = store.account()?.map(|a| a.jid).unwrap_or_default();
+                    let ctx =
+                        DecryptContext { sender: &sender, expected_to: &jid, group: false, pre_keys: PreKeyMode::Live };
+                    if let Ok((d, changes)) = decrypt_stanza(store, &copy, &ctx, rng) {
+                        if d.reply_due {
+                            reply = Some(SessionAddress::new(d.namespace, &d.sender_jid, d.sender_device));
+                        }
+                        plain_changes = Some(changes);
+                    }
+                }
                 let subscribed = |j: &str| contacts.contains(j);
                 match receive_invitation(store, &copy, &subscribed, rng) {
                     Ok(Some((inv, changes))) => {
                         store.apply(&changes)?;
-                        Ok(Some(inv))
+                        Ok((Some(inv), reply))
                     }
-                    Ok(None) if encrypted => {
-                        // An encrypted 1:1 message that is no invitation (a session completion or a
-                        // heartbeat): decrypt it to keep the session in step.
-                        let jid = store.account()?.map(|a| a.jid).unwrap_or_default();
-                        let ctx = DecryptContext {
-                            sender: &sender,
-                            expected_to: &jid,
-                            group: false,
-                            pre_keys: PreKeyMode::Live,
-                        };
-                        if let Ok((_, changes)) = decrypt_stanza(store, &copy, &ctx, rng) {
+                    // An encrypted 1:1 message that is no invitation (a session completion or a
+                    // heartbeat): its decryption keeps the session in step.
+                    Ok(None) => {
+                        if let Some(changes) = plain_changes {
                             store.apply(&changes)?;
                         }
-                        Ok(None)
+                        Ok((None, reply))
                     }
-                    Ok(None) => Ok(None),
                     Err(e) => Err(DriverError::Xml(e.to_string())),
                 }
             })
             .await??;
+        if let Some(addr) = reply {
+            self.send_empty(vec![addr]).await?;
+        }
         if let Some(invitation) = found {
             self.emit(Event::Invitation { from: from.to_owned(), invitation });
         }
