@@ -185,14 +185,20 @@ pub async fn run(login: &Login, command: &str, args: &[String], opts: &OnlineOpt
                     }
                 }
             };
+            let (members_only, non_anonymous) = match (invitation.members_only, invitation.non_anonymous) {
+                (Some(m), Some(n)) => (m, n),
+                _ => driver.room_safety(&invitation.room).await?,
+            };
             eprintln!(
-                "invitation to {} from {:?}; encrypted: {}; members-only: {:?}; non-anonymous: {:?}",
-                invitation.room,
-                invitation.invited_by,
-                invitation.encrypted,
-                invitation.members_only,
-                invitation.non_anonymous
+                "invitation to {} from {:?}; encrypted: {}; members-only: {members_only}; non-anonymous: {non_anonymous}",
+                invitation.room, invitation.invited_by, invitation.encrypted,
             );
+            if !(members_only && non_anonymous) {
+                // OMEMO in a room that is open or hides real JIDs would encrypt to people nobody chose.
+                eprintln!("omemo-muc: not joining: the room is not members-only and non-anonymous");
+                driver.close().await;
+                return Ok(2);
+            }
             driver.join(&invitation.room, &login.nick).await?;
             print(&mut out, &json!(invitation.room));
             0

@@ -207,7 +207,9 @@ fn command_line_tool_on_prosody() {
     let accepted = accept.wait_with_output().unwrap();
     assert!(accepted.status.success(), "accept-invite: {}", String::from_utf8_lossy(&accepted.stderr));
     assert_eq!(serde_json::from_slice::<String>(&accepted.stdout).unwrap(), room);
-    assert!(String::from_utf8_lossy(&accepted.stderr).contains("TrustedDevice(\"alice@localhost\")"));
+    let shown = String::from_utf8_lossy(&accepted.stderr);
+    assert!(shown.contains("TrustedDevice(\"alice@localhost\")"), "{shown}");
+    assert!(shown.contains("members-only: true; non-anonymous: true"), "{shown}");
 
     let out = tool("alice", "alice", &["send", &room, "hello dave"]).output().unwrap();
     assert!(out.status.success(), "send: {}", String::from_utf8_lossy(&out.stderr));

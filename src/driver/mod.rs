@@ -1275,6 +1275,17 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
         Ok(())
     }
 
+    /// The room's safety facts from its disco#info: (members-only, non-anonymous). A room that does
+    /// not answer (it does not exist, or hides itself from non-members) is an error.
+    pub async fn room_safety(&self, room: &str) -> Result<(bool, bool), DriverError> {
+        let iq = element(&format!(
+            "<iq xmlns='jabber:client' type='get' to='{}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+            escape(&bare(room))
+        ))?;
+        let answer = self.iq_ok(&format!("disco#info of {room}"), iq).await?;
+        Ok(participant_resolver::private_group::room_safety(&answer))
+    }
+
     /// Leaves `room`.
     pub async fn leave(&self, room: &str) -> Result<(), DriverError> {
         let room = bare(room);
