@@ -256,3 +256,75 @@ async fn publishing_copes_with_node_configuration_and_ejabberd() {
     }
     drop((frank, second));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_are_shared_time_out_and_back_off() {
+    use omemo_muc::{fan_out_encryptor::group::Left, session_store::AccountStore};
+    let server = LocalServer::new(MUC);
+    let mut cfg = config(NamespaceSet::BOTH);
+    cfg.iq_timeout = Duration::from_millis(300);
+    cfg.bundle_backoff = Duration::from_secs(60);
+    let (alice, _arx, _) =
+        OmemoMuc::start(server.connect("alice@localhost/a").unwrap(), MemoryStore::default(), cfg).await.unwrap();
+    let (bob, mut brx, _) = OmemoMuc::start(
+        server.connect("bob@localhost/b").unwrap(),
+        MemoryStore::default(),
+        config(NamespaceSet::OLDMEMO),
+    )
+    .await
+    .unwrap();
+    let items = |s: &LocalServer| s.with_hub(|h| h.iq_counts.get("pubsub items").copied().unwrap_or(0));
+
+    // Two callers want Bob's device lists at once: one fetch per node, shared.
+    // Bob's server is slow: both requests are under way when the answers come.
+    let before = items(&server);
+    let bob_jid = vec!["bob@localhost".to_owned()];
+    server.hold("bob@localhost");
+    let (a, b, released) =
+        tokio::join!(alice.refresh_device_lists(&bob_jid), alice.refresh_device_lists(&bob_jid), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            server.release("bob@localhost")
+        });
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(released, 2, "one fetch per namespace, not per caller");
+    assert_eq!(items(&server) - before, 2);
+
+    // Bob's list also names a device that never published a bundle (one that went away).
+    let bob_id = bob.with_store(|s| s.account().unwrap().unwrap().device_id).await.unwrap();
+    let list = omemo_muc::fan_out_encryptor::xml::pep::publish_device_list(
+        Namespace::Oldmemo,
+        "bob@localhost",
+        &[bob_id, 4242],
+        "l",
+    )
+    .unwrap();
+    server.with_hub(|h| h.handle("bob@localhost/b", list));
+    alice.refresh_device_lists(&bob_jid).await.unwrap();
+    let created = alice.create_group(&bob_jid, "alice", None).await.unwrap();
+    assert_eq!(created.invited[0].1.as_ref().ok(), Some(&1), "{:?}", created.invited);
+    let room = created.group.room;
+    next(&mut brx, "invitation", |e| matches!(e, Event::Invitation { .. }).then_some(())).await;
+    bob.join(&room, "bob").await.unwrap();
+    // The failed device is not asked again until its back-off has passed.
+    let before = items(&server);
+    let sent = alice.send_with(&room, "hello", best_effort()).await.unwrap();
+    assert_eq!(items(&server), before, "no bundle fetched again");
+    let gone = sent.coverage.devices_left_out.iter().find(|(a, _)| a.device == 4242).unwrap();
+    assert!(matches!(&gone.1, Left::NoBundle(why) if why.contains("backing off after 1 failed")), "{gone:?}");
+    assert!(sent.coverage.keyed.iter().any(|(a, _)| a.device == bob_id));
+
+    // A peer whose server never answers: the fetch gives up after the IQ timeout, and nothing changes.
+    server.with_hub(|h| h.silent.insert("carol@localhost".into()));
+    let started = std::time::Instant::now();
+    alice.refresh_device_lists(&["carol@localhost".into()]).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let list = alice
+        .with_store(|s| {
+            use omemo_muc::session_store::DeviceListStore;
+            s.device_list(Namespace::Twomemo, "carol@localhost").unwrap()
+        })
+        .await
+        .unwrap();
+    assert_eq!(list, None);
+}

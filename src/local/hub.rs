@@ -113,6 +113,10 @@ pub struct Hub {
     /// Answer this many of the next node-creating publishes with `item-not-found` (as ejabberd does
     /// when several accounts create nodes at once).
     pub fail_node_creations: u32,
+    /// IQs to these bare JIDs are swallowed without an answer (a peer whose server does not respond).
+    pub silent: BTreeSet<String>,
+    /// IQs handled, per kind (`pubsub items`, `pubsub publish`, `muc#admin` ...), for tests.
+    pub iq_counts: BTreeMap<String, u64>,
 }
 
 type Out = Vec<(String, Element)>;
@@ -196,6 +200,8 @@ impl Hub {
             handled: 0,
             refuse_max_items_option: false,
             fail_node_creations: 0,
+            silent: BTreeSet::new(),
+            iq_counts: BTreeMap::new(),
         }
     }
 
@@ -251,6 +257,18 @@ impl Hub {
             },
             "iq" if matches!(stanza.attr("type"), Some("get" | "set")) => {
                 let target = to.unwrap_or_else(|| bare(from));
+                if self.silent.contains(&bare(&target)) {
+                    return out;
+                }
+                let kind = stanza
+                    .children()
+                    .next()
+                    .map(|q| {
+                        let sub = q.children().next().map(|c| format!(" {}", c.name())).unwrap_or_default();
+                        format!("{}{sub}", q.ns().rsplit('/').next().unwrap_or_default())
+                    })
+                    .unwrap_or_default();
+                *self.iq_counts.entry(kind).or_default() += 1;
                 let reply = if self.is_room_jid(&target) {
                     self.room_iq(from, &bare(&target), &stanza, &mut out)
                 } else if bare(&target) == target && target.contains('@') {

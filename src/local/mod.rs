@@ -20,6 +20,8 @@ use crate::driver::transport::{BoxFuture, Connection, Transport, TransportError}
 struct Shared {
     hub: Hub,
     inboxes: BTreeMap<String, mpsc::UnboundedSender<Element>>,
+    /// IQs to these bare JIDs wait (in order) until released: a slow peer, for tests.
+    held: BTreeMap<String, Vec<(String, Element)>>,
 }
 
 impl Shared {
@@ -47,7 +49,13 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 impl LocalServer {
     /// A server whose MUC service is `muc_service`.
     pub fn new(muc_service: &str) -> Self {
-        LocalServer { shared: Arc::new(Mutex::new(Shared { hub: Hub::new(muc_service), inboxes: BTreeMap::new() })) }
+        LocalServer {
+            shared: Arc::new(Mutex::new(Shared {
+                hub: Hub::new(muc_service),
+                inboxes: BTreeMap::new(),
+                held: BTreeMap::new(),
+            })),
+        }
     }
 
     /// Connects `full_jid` (`user@domain/resource`); a resource already connected is replaced.
@@ -63,6 +71,23 @@ impl LocalServer {
         drop(s);
         let transport = LocalTransport { jid: full_jid.to_owned(), shared: self.shared.clone() };
         Ok(Connection { transport: Arc::new(transport), incoming: rx })
+    }
+
+    /// IQs to `bare_jid` wait until [`Self::release`] (a slow peer).
+    pub fn hold(&self, bare_jid: &str) {
+        lock(&self.shared).held.entry(bare_jid.to_owned()).or_default();
+    }
+
+    /// Handles the IQs held for `bare_jid`, in order, and stops holding; returns how many there were.
+    pub fn release(&self, bare_jid: &str) -> usize {
+        let mut s = lock(&self.shared);
+        let waiting = s.held.remove(bare_jid).unwrap_or_default();
+        let n = waiting.len();
+        for (from, stanza) in waiting {
+            let out = s.hub.handle(&from, stanza);
+            s.dispatch(out);
+        }
+        n
     }
 
     /// Runs `f` on the server's state (for tests and the demo: settings, statistics, the clock).
@@ -87,6 +112,13 @@ impl Transport for LocalTransport {
         let result = {
             let mut s = lock(&self.shared);
             if s.inboxes.contains_key(&self.jid) {
+                let target = stanza.attr("to").map(participant_resolver::xml::bare).unwrap_or_default();
+                if stanza.name() == "iq" {
+                    if let Some(queue) = s.held.get_mut(&target) {
+                        queue.push((self.jid.clone(), stanza));
+                        return Box::pin(async { Ok(()) });
+                    }
+                }
                 let out = s.hub.handle(&self.jid, stanza);
                 s.dispatch(out);
                 Ok(())
