@@ -1,9 +1,11 @@
-//! End to end against a real server: a private Prosody (Debian package, ../shared/realworld) on a free
-//! loopback port, the driver over tokio-xmpp, and the command-line tool. Our clients create a private
+//! End to end against real servers: a private Prosody (Debian package, ../shared/realworld) or ejabberd
+//! (Debian package, tests/support/start-ejabberd.sh) on a free loopback port, the driver over
+//! tokio-xmpp, and the command-line tool. Our clients create a private
 //! group, invite, join, exchange messages in both namespaces; a member catches up from the archive
 //! after a restart from its store file; a banned member stops getting keys.
 //!
-//! Needs Prosody: `../shared/realworld/install-prosody.sh` (CI runs it).
+//! Needs Prosody (`../shared/realworld/install-prosody.sh`) and ejabberd (`apt-get install ejabberd`);
+//! CI installs both.
 #![cfg(feature = "xmpp")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -24,28 +26,48 @@ fn realworld() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/realworld")
 }
 
-/// A private Prosody; stopped on drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Prosody,
+    Ejabberd,
+}
+
+/// A private server (Prosody or ejabberd) on a free loopback port; stopped on drop.
 struct Prosody {
+    kind: Kind,
     dir: PathBuf,
     port: u16,
 }
 
+fn installed(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().unwrap().status.success()
+}
+
 impl Prosody {
     fn start(name: &str) -> Prosody {
-        assert!(
-            Command::new("sh").arg("-c").arg("command -v prosody").output().unwrap().status.success(),
-            "Prosody is not installed: run ../shared/realworld/install-prosody.sh"
-        );
+        Self::start_kind(Kind::Prosody, name)
+    }
+
+    fn start_kind(kind: Kind, name: &str) -> Prosody {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("omemo-muc-prosody-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("omemo-muc-{kind:?}-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new(realworld().join("start-prosody.sh"))
-            .arg(&dir)
-            .env("PROSODY_PORT", port.to_string())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "start-prosody: {}", String::from_utf8_lossy(&out.stderr));
-        Prosody { dir, port }
+        let out = match kind {
+            Kind::Prosody => {
+                assert!(installed("prosody"), "Prosody is not installed: run ../shared/realworld/install-prosody.sh");
+                Command::new(realworld().join("start-prosody.sh"))
+                    .arg(&dir)
+                    .env("PROSODY_PORT", port.to_string())
+                    .output()
+                    .unwrap()
+            }
+            Kind::Ejabberd => {
+                assert!(installed("ejabberdctl"), "ejabberd is not installed: apt-get install ejabberd");
+                Command::new(support().join("start-ejabberd.sh")).arg(&dir).arg(port.to_string()).output().unwrap()
+            }
+        };
+        assert!(out.status.success(), "start {kind:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Prosody { kind, dir, port }
     }
 
     fn server(&self) -> String {
@@ -53,9 +75,18 @@ impl Prosody {
     }
 }
 
+fn support() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support")
+}
+
 impl Drop for Prosody {
     fn drop(&mut self) {
-        let _ = Command::new(realworld().join("stop-prosody.sh")).arg(&self.dir).output();
+        let _ = match self.kind {
+            Kind::Prosody => Command::new(realworld().join("stop-prosody.sh")).arg(&self.dir).output(),
+            Kind::Ejabberd => {
+                Command::new(support().join("stop-ejabberd.sh")).arg(&self.dir).arg(self.port.to_string()).output()
+            }
+        };
         if std::env::var_os("OMEMO_KEEP_PROSODY").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -100,7 +131,17 @@ fn message(e: &Event) -> Option<(String, String, Source, Namespace)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_group_on_prosody() {
-    let p = Prosody::start("driver");
+    private_group(Kind::Prosody).await;
+}
+
+/// The same on ejabberd: nothing in the client may depend on one server's ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_group_on_ejabberd() {
+    private_group(Kind::Ejabberd).await;
+}
+
+async fn private_group(kind: Kind) {
+    let p = Prosody::start_kind(kind, "driver");
     let dir = p.dir.join("stores");
     std::fs::create_dir_all(&dir).unwrap();
     let (alice, mut alice_rx) = client(&p, "alice", &dir.join("alice.db"), NamespaceSet::BOTH).await;
@@ -127,7 +168,7 @@ async fn private_group_on_prosody() {
 
     let sent = alice.send_confirmed(&room, "hello over prosody", Duration::from_secs(20)).await.unwrap();
     assert_eq!(sent.coverage.keyed.len(), 2, "{:?}", sent.coverage);
-    assert!(sent.stanza_id.is_some(), "Prosody adds a stanza-id");
+    assert!(sent.stanza_id.is_some(), "the room adds a stanza-id");
     let (from, text, source, ns) = next(&mut bob_rx, "bob reads", message).await;
     assert_eq!(
         (from.as_str(), text.as_str(), source, ns),
