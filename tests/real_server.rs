@@ -17,6 +17,7 @@ use std::{
 
 use omemo_muc::{
     driver::{Config, Event, OmemoMuc, RoomChange, Source},
+    session_store::AccountStore,
     session_store::{Namespace, NamespaceSet, SqliteStore},
     xmpp::{connect, Security},
 };
@@ -334,5 +335,176 @@ fn command_line_tool_on_prosody() {
         String::from_utf8_lossy(&out.stderr).contains("cannot connect"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+mod common;
+
+/// A raw connection for a foreign client: IQs by id, everything else kept in order.
+struct Raw {
+    conn: std::sync::Arc<dyn omemo_muc::driver::Transport>,
+    rx: UnboundedReceiver<minidom::Element>,
+    backlog: std::collections::VecDeque<minidom::Element>,
+    next: u32,
+}
+
+impl Raw {
+    async fn send(&self, text: &str) {
+        let e: minidom::Element = text.parse().unwrap_or_else(|e| panic!("{e}: {text}"));
+        self.conn.send(e).await.unwrap();
+    }
+
+    async fn iq(&mut self, body: &str, to: &str, kind: &str) -> minidom::Element {
+        self.next += 1;
+        let id = format!("raw{}", self.next);
+        self.send(&format!("<iq xmlns='jabber:client' type='{kind}' id='{id}' to='{to}'>{body}</iq>")).await;
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), self.rx.recv()).await.unwrap().unwrap();
+            if e.name() == "iq" && e.attr("id") == Some(id.as_str()) {
+                assert_ne!(e.attr("type"), Some("error"), "{}", String::from(&e));
+                return e;
+            }
+            self.backlog.push_back(e);
+        }
+    }
+
+    async fn next_where(&mut self, what: &str, pick: impl Fn(&minidom::Element) -> bool) -> minidom::Element {
+        if let Some(i) = self.backlog.iter().position(&pick) {
+            return self.backlog.remove(i).unwrap();
+        }
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(20), self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{what}: nothing within 20 s"))
+                .unwrap();
+            if pick(&e) {
+                return e;
+            }
+        }
+    }
+}
+
+fn first_child_text(e: &minidom::Element, name: &str) -> String {
+    fn find<'a>(e: &'a minidom::Element, name: &str) -> Option<&'a minidom::Element> {
+        if e.name() == name {
+            return Some(e);
+        }
+        e.children().find_map(|c| find(c, name))
+    }
+    String::from(find(e, name).unwrap_or_else(|| panic!("no <{name}> in {}", String::from(e))))
+}
+
+/// python-omemo (the oracle) as a member of a room on Prosody: its keys published through the server,
+/// our encrypted invitation read by it, our group message decrypted by it, its group message decrypted
+/// by us. The oracle does the cryptography and the OMEMO XML; this test only carries its stanzas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oracle_in_a_room_on_prosody() {
+    let p = Prosody::start("oracle");
+    let s = common::Scratch::new("oracle-prosody");
+    let dave = common::Oracle::with_ns(&s, "dave@localhost", "dave", "twomemo");
+    let dave_id = dave.device_id();
+    let pep = s.pep().join("dave@localhost/twomemo");
+    let list = std::fs::read_to_string(pep.join("devicelist.xml")).unwrap();
+    let bundle = std::fs::read_to_string(pep.join(format!("bundle-{dave_id}.xml"))).unwrap();
+
+    // Dave's client: a raw connection that publishes what the oracle wrote into its PEP directory.
+    let conn = connect("dave@localhost", "dave", &p.server(), Security::PlainLoopbackOnly, Duration::from_secs(15))
+        .await
+        .unwrap();
+    let mut raw = Raw { conn: conn.transport, rx: conn.incoming, backlog: Default::default(), next: 0 };
+    raw.send("<presence xmlns='jabber:client'/>").await;
+    let options = |max: &str| {
+        format!(
+            "<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+             <field var='pubsub#access_model'><value>open</value></field><field var='pubsub#max_items'><value>{max}</value></field></x></publish-options>"
+        )
+    };
+    let publish = |node: &str, item: &str, payload: &str, max: &str| {
+        format!(
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{node}'><item id='{item}'>{}</item></publish>{}</pubsub>",
+            payload.trim(),
+            options(max)
+        )
+    };
+    raw.iq(&publish("urn:xmpp:omemo:2:bundles", &dave_id.to_string(), &bundle, "max"), "dave@localhost", "set").await;
+    raw.iq(&publish("urn:xmpp:omemo:2:devices", "current", &list, "1"), "dave@localhost", "set").await;
+
+    // Alice (ours) makes a private group with Dave; the invitation goes to the oracle's device.
+    let dir = p.dir.join("stores");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (alice, mut alice_rx) = client(&p, "alice", &dir.join("alice.db"), NamespaceSet::BOTH).await;
+    let created = alice.create_group(&["dave@localhost".into()], "alice", None).await.unwrap();
+    let room = created.group.room.clone();
+    assert_eq!(created.invited[0].1.as_ref().ok(), Some(&1), "{:?}", created.invited);
+
+    // Alice's keys, as the server serves them, into the oracle's PEP directory.
+    let answer = raw
+        .iq(
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:omemo:2:devices'/></pubsub>",
+            "alice@localhost",
+            "get",
+        )
+        .await;
+    let alice_pep = s.pep().join("alice@localhost/twomemo");
+    std::fs::create_dir_all(&alice_pep).unwrap();
+    std::fs::write(alice_pep.join("devicelist.xml"), first_child_text(&answer, "devices")).unwrap();
+    let alice_id = alice.with_store(|st| st.account().unwrap().unwrap().device_id).await.unwrap();
+    let answer = raw
+        .iq(
+            &format!("<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:omemo:2:bundles'><item id='{alice_id}'/></items></pubsub>"),
+            "alice@localhost",
+            "get",
+        )
+        .await;
+    std::fs::write(alice_pep.join(format!("bundle-{alice_id}.xml")), first_child_text(&answer, "bundle")).unwrap();
+
+    let invitation = raw
+        .next_where("the invitation", |e| e.name() == "message" && e.children().any(|c| c.name() == "encrypted"))
+        .await;
+    let read = dave.decrypt(&String::from(&invitation), "alice@localhost").unwrap();
+    use base64::Engine as _;
+    let envelope = base64::engine::general_purpose::STANDARD.decode(read["plaintext_b64"].as_str().unwrap()).unwrap();
+    let envelope = String::from_utf8(envelope).unwrap();
+    assert!(envelope.contains("jabber:x:conference") && envelope.contains(&room), "{envelope}");
+    assert_eq!(read["kex"], true);
+    assert_eq!(read["sce"]["from"], "alice@localhost");
+    // python-omemo answers the key exchange at once (session completion): carried to Alice.
+    for auto in read["auto_sent"].as_array().unwrap() {
+        raw.send(auto["stanza"].as_str().unwrap()).await;
+    }
+
+    // Dave joins; Alice writes; the oracle decrypts what the room delivered.
+    raw.send(&format!(
+        "<presence xmlns='jabber:client' to='{room}/dave'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    raw.next_where("dave's self-presence", |e| {
+        e.name() == "presence" && e.attr("type").is_none() && String::from(e).contains("code='110'")
+            || String::from(e).contains("code=\"110\"")
+    })
+    .await;
+    alice.send_confirmed(&room, "hello python", Duration::from_secs(20)).await.unwrap();
+    let live = raw
+        .next_where("alice's message", |e| {
+            e.attr("type") == Some("groupchat") && e.children().any(|c| c.name() == "encrypted")
+        })
+        .await;
+    let read = dave.decrypt(&String::from(&live), "alice@localhost").unwrap();
+    assert_eq!(read["plaintext"], "hello python");
+    assert_eq!(read["sce"]["to"], room.as_str());
+
+    // The oracle writes to the room; Alice decrypts it, attributed to Dave.
+    let stanza = dave.encrypt_with(&["alice@localhost"], "hello from python", &["--room", &room, "--sce-to", &room]);
+    let stanza = stanza.trim().lines().next().unwrap().to_owned();
+    let stanza = if stanza.contains("<message xmlns=") {
+        stanza
+    } else {
+        stanza.replacen("<message ", "<message xmlns='jabber:client' ", 1)
+    };
+    raw.send(&stanza).await;
+    let (from, text, source, ns) = next(&mut alice_rx, "alice reads the oracle", message).await;
+    assert_eq!(
+        (from.as_str(), text.as_str(), source, ns),
+        ("dave@localhost", "hello from python", Source::Live, Namespace::Twomemo)
     );
 }
