@@ -219,8 +219,11 @@ pub fn encrypt_group_message(
     // serially.
     let mut changes = Changes::default();
     let mut to_build: Vec<(&SessionAddress, &PreKeyBundle, [u8; 32], Changes)> = Vec::new();
+    // Looked up per device: a map, not a scan (thousands of bundles on a cold start).
+    let answers: std::collections::HashMap<&SessionAddress, &Result<PreKeyBundle, String>> =
+        bundles.iter().map(|(a, b)| (a, b)).collect();
     for addr in &plan.need_bundles {
-        match bundles.iter().find(|(a, _)| a == addr).map(|(_, b)| b) {
+        match answers.get(addr).copied() {
             None => coverage.devices_left_out.push((addr.clone(), Left::NoBundle("not fetched".into()))),
             Some(Err(e)) => coverage.devices_left_out.push((addr.clone(), Left::NoBundle(e.clone()))),
             Some(Ok(bundle)) => {
@@ -268,6 +271,11 @@ pub fn encrypt_group_message(
     let left_out: std::collections::HashSet<SessionAddress> =
         coverage.devices_left_out.iter().map(|(a, _)| a.clone()).collect();
     let mut work: Vec<(SessionAddress, SessionRecord)> = Vec::with_capacity(plan.devices.len());
+    let built_now: std::collections::HashMap<&SessionAddress, &SessionRecord> =
+        changes.sessions.iter().map(|(a, r)| (a, r)).collect();
+    // The trust the change set gives (the last word per key wins).
+    let trust_now: std::collections::HashMap<(&str, [u8; 32]), TrustLevel> =
+        changes.trust.iter().map(|(j, k, t)| ((j.as_str(), *k.as_bytes()), *t)).collect();
     for (addr, record) in plan.devices.iter().zip(loaded) {
         if left_out.contains(addr) {
             continue;
@@ -275,7 +283,7 @@ pub fn encrypt_group_message(
         // A session built from a bundle just now is in the change set.
         let record = match record {
             Some(r) => Some(r),
-            None => changes.session(addr).cloned(),
+            None => built_now.get(addr).map(|r| (*r).clone()),
         };
         let Some(record) = record.filter(SessionRecord::has_current) else {
             coverage.devices_left_out.push((addr.clone(), Left::NoBundle("no session".into())));
@@ -286,8 +294,8 @@ pub fn encrypt_group_message(
             continue;
         }
         let Some(key) = record.remote_identity() else { continue };
-        let trust = match changes.trust.iter().rev().find(|(j, k, _)| *j == addr.jid && *k == key) {
-            Some((_, _, t)) => Some(*t),
+        let trust = match trust_now.get(&(addr.jid.as_str(), *key.as_bytes())) {
+            Some(t) => Some(*t),
             None => store.trust(&addr.jid, &key)?,
         };
         match trust.unwrap_or(TrustLevel::Undecided) {
@@ -297,10 +305,15 @@ pub fn encrypt_group_message(
         }
     }
 
-    // Members with no device left to reach.
-    let reached = |jid: &str| work.iter().any(|(a, _)| a.jid == jid);
-    let mut unreachable: Vec<String> =
-        plan.recipients.included.iter().filter(|j| **j != account.jid && !reached(j)).cloned().collect();
+    // Members with no device left to reach (a set: members times devices would be quadratic).
+    let reached: std::collections::HashSet<&str> = work.iter().map(|(a, _)| a.jid.as_str()).collect();
+    let mut unreachable: Vec<String> = plan
+        .recipients
+        .included
+        .iter()
+        .filter(|j| **j != account.jid && !reached.contains(j.as_str()))
+        .cloned()
+        .collect();
     unreachable.sort();
     if !unreachable.is_empty() && opts.missing == MissingDevicePolicy::Block {
         return Err(GroupError::MembersWithoutDevices(unreachable));
