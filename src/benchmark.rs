@@ -54,6 +54,13 @@ fn room_of(members: &[String]) -> Result<Room, SetupError> {
     Ok(room)
 }
 
+/// A member's new device. A cold start fetches real bundles (100 pre-keys each); in the steady state
+/// the member only answers the first message, so one pre-key will do and the setup stays quick.
+fn member_account(jid: &str, established: bool, rng: &mut impl CryptoRngCore) -> Changes {
+    let pre_keys = if established { 1 } else { session_store::account::PRE_KEY_COUNT };
+    Account::create_with_pre_keys(jid, NamespaceSet::TWOMEMO, &[], 0, pre_keys, rng)
+}
+
 /// Creates the sender's account in `sender` and `n` members with one OMEMO 2 device each. With
 /// `established`, every session is built and confirmed (the member answered), so messages carry no key
 /// exchange; otherwise the members' bundles are returned for a cold start.
@@ -72,7 +79,7 @@ pub fn prepare(
     for i in 0..n {
         let jid = format!("member{i}@example.org");
         let mut peer = MemoryStore::default();
-        peer.apply(&Account::create(&jid, NamespaceSet::TWOMEMO, &[], 0, rng))?;
+        peer.apply(&member_account(&jid, established, rng))?;
         let them = peer.account()?.ok_or(SessionError::NoAccount)?;
         let to = SessionAddress::new(Namespace::Twomemo, jid.clone(), them.device_id);
         let bundle = account::own_bundle_for(&peer, Namespace::Twomemo)?;
@@ -154,15 +161,16 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
-/// Measures the send path for `devices` recipients: the median over several messages (after one that
-/// is not counted). A cold run starts each message from a store without sessions.
+/// Measures the send path for `devices` recipients: the median over `runs` messages (default 5 cold, 9
+/// steady), after one that is not counted. A cold run starts each message from a store without sessions.
 pub fn measure(
     devices: usize,
     sqlite: bool,
     cold: bool,
+    runs: Option<usize>,
     rng: &mut impl CryptoRngCore,
 ) -> Result<FanOutFigures, Box<dyn std::error::Error>> {
-    let runs = if cold { 5 } else { 9 };
+    let runs = runs.unwrap_or(if cold { 5 } else { 9 }).max(1);
     let mut times = Vec::with_capacity(runs);
     if sqlite {
         let dir = std::env::temp_dir().join(format!("omemo-muc-bench-{}", std::process::id()));

@@ -25,7 +25,7 @@
 //!   the demo: an in-process server, a private group of five devices (both namespaces), a ban, a
 //!   catch-up from the archive, and a room of N members (default 1000)
 //!
-//! omemo-muc bench fanout --devices N --store sqlite|memory [--cold] [--json]
+//! omemo-muc bench fanout --devices N --store sqlite|memory [--cold] [--runs N] [--json]
 //!   the whole send path (resolve, wrap, stanza, commit) to N devices: median time per message
 //!
 //! omemo-muc inspect-room --own-jid BAREJID --room ROOMJID [FILE] [--sender-of ID] [--allow-open-rooms]
@@ -69,6 +69,7 @@ const VALUED: &[&str] = &[
     "--room-jid",
     "--sender-of",
     "--devices",
+    "--runs",
     "--crowd",
     "--password",
     "--server",
@@ -176,7 +177,7 @@ fn inspect_room(args: &Args) -> Result<String, CliError> {
 fn bench(args: &Args) -> Result<String, CliError> {
     if args.positional.first().map(String::as_str) != Some("fanout") {
         return Err(CliError::usage(
-            "usage: omemo-muc bench fanout --devices N --store sqlite|memory [--cold] [--json]",
+            "usage: omemo-muc bench fanout --devices N --store sqlite|memory [--cold] [--runs N] [--json]",
         ));
     }
     let devices: usize = args
@@ -191,7 +192,16 @@ fn bench(args: &Args) -> Result<String, CliError> {
         other => return Err(CliError::usage(format!("--store must be sqlite or memory, not {other:?}"))),
     };
     let has = |s: &str| args.switches.iter().any(|x| x == s);
-    let f = omemo_muc::benchmark::measure(devices, sqlite, has("--cold"), &mut rand_core::OsRng)
+    let runs = match args.one("--runs") {
+        None => None,
+        Some(r) => Some(
+            r.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| CliError::usage("--runs must be a number from 1 to 10000"))?,
+        ),
+    };
+    let f = omemo_muc::benchmark::measure(devices, sqlite, has("--cold"), runs, &mut rand_core::OsRng)
         .map_err(|e| CliError::usage(format!("benchmark failed: {e}")))?;
     Ok(if has("--json") {
         json!({"devices": f.devices, "store": f.store, "cold": f.cold, "median_ms": f.median_ms,

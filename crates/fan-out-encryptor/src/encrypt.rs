@@ -198,12 +198,15 @@ pub fn recipient_devices(
     }
     let mut out: Vec<SessionAddress> = Vec::new();
     let mut without = Vec::new();
-    for jid in all {
+    // Every list of a namespace in one read (a room may have thousands of members).
+    let namespaces: Vec<Namespace> = account.namespaces.iter().filter(|ns| choice.allows(*ns)).collect();
+    let mut lists = namespaces.iter().map(|ns| store.device_lists(*ns, &all)).collect::<Result<Vec<_>, _>>()?;
+    for (i, jid) in all.into_iter().enumerate() {
         let mut found = false;
         // OMEMO 2 first: a device in both lists is reached in OMEMO 2 (once: ids of this JID seen so far).
         let mut taken: Vec<u32> = Vec::new();
-        for ns in account.namespaces.iter().filter(|ns| choice.allows(*ns)) {
-            for d in store.device_list(ns, &jid)?.unwrap_or_default() {
+        for (ns, of_ns) in namespaces.iter().copied().zip(lists.iter_mut()) {
+            for d in of_ns.get_mut(i).and_then(Option::take).unwrap_or_default() {
                 if jid == account.jid && d == account.device_id {
                     continue;
                 }

@@ -162,9 +162,17 @@ impl GroupMessage {
     }
 }
 
+/// What the per-device step changed in a session.
+enum Advanced {
+    /// A stored session: only its sending chain moved on (a delta commit).
+    Step(session_store::SendStep),
+    /// A session built in this send: the whole record is new.
+    Whole(SessionRecord),
+}
+
 /// The result of the per-device step: the key element (and whether it is a key exchange), or why not,
-/// and the advanced record.
-type Wrapped = (SessionAddress, Result<(Vec<u8>, bool), SessionError>, SessionRecord);
+/// and what changed in the session.
+type Wrapped = (SessionAddress, Result<(Vec<u8>, bool), SessionError>, Advanced);
 
 /// Step 1: the recipients, their devices, and what to fetch before encrypting.
 pub fn plan_group_message(store: &impl Store, room: &Room, choice: NamespaceChoice) -> Result<GroupPlan, GroupError> {
@@ -181,13 +189,12 @@ fn load_plan(
     let jids: Vec<String> = recipients.included.iter().cloned().collect();
     let (devices, need_device_lists) = recipient_devices(store, &jids, choice)?;
     let mut need_bundles = Vec::new();
-    let mut records = Vec::with_capacity(devices.len());
-    for addr in &devices {
-        let record = store.session(addr)?.filter(SessionRecord::has_current);
-        if record.is_none() {
+    let mut records = store.sessions(&devices)?;
+    for (addr, record) in devices.iter().zip(records.iter_mut()) {
+        if !record.as_ref().is_some_and(SessionRecord::has_current) {
+            *record = None;
             need_bundles.push(addr.clone());
         }
-        records.push(record);
     }
     Ok((GroupPlan { recipients, devices, need_bundles, need_device_lists }, records))
 }
@@ -270,20 +277,18 @@ pub fn encrypt_group_message(
     // The records to wrap for, trust checked; read serially (a store need not be shared between threads).
     let left_out: std::collections::HashSet<SessionAddress> =
         coverage.devices_left_out.iter().map(|(a, _)| a.clone()).collect();
-    let mut work: Vec<(SessionAddress, SessionRecord)> = Vec::with_capacity(plan.devices.len());
+    // (address, record, built from a bundle in this send)
+    let mut candidates: Vec<(&SessionAddress, SessionRecord, bool)> = Vec::with_capacity(plan.devices.len());
     let built_now: std::collections::HashMap<&SessionAddress, &SessionRecord> =
         changes.sessions.iter().map(|(a, r)| (a, r)).collect();
-    // The trust the change set gives (the last word per key wins).
-    let trust_now: std::collections::HashMap<(&str, [u8; 32]), TrustLevel> =
-        changes.trust.iter().map(|(j, k, t)| ((j.as_str(), *k.as_bytes()), *t)).collect();
     for (addr, record) in plan.devices.iter().zip(loaded) {
         if left_out.contains(addr) {
             continue;
         }
         // A session built from a bundle just now is in the change set.
-        let record = match record {
-            Some(r) => Some(r),
-            None => built_now.get(addr).map(|r| (*r).clone()),
+        let (record, fresh) = match record {
+            Some(r) => (Some(r), false),
+            None => (built_now.get(addr).map(|r| (*r).clone()), true),
         };
         let Some(record) = record.filter(SessionRecord::has_current) else {
             coverage.devices_left_out.push((addr.clone(), Left::NoBundle("no session".into())));
@@ -293,20 +298,29 @@ pub fn encrypt_group_message(
             coverage.devices_left_out.push((addr.clone(), Left::Stale));
             continue;
         }
-        let Some(key) = record.remote_identity() else { continue };
-        let trust = match trust_now.get(&(addr.jid.as_str(), *key.as_bytes())) {
-            Some(t) => Some(*t),
-            None => store.trust(&addr.jid, &key)?,
-        };
+        if record.remote_identity().is_none() {
+            continue;
+        }
+        candidates.push((addr, record, fresh));
+    }
+    // Trust: what the change set decides (the last word per key wins), else the store's, read at once.
+    let trust_now: std::collections::HashMap<(&str, [u8; 32]), TrustLevel> =
+        changes.trust.iter().map(|(j, k, t)| ((j.as_str(), *k.as_bytes()), *t)).collect();
+    let keys: Vec<(&str, session_store::PublicKey)> =
+        candidates.iter().filter_map(|(a, r, _)| r.remote_identity().map(|k| (a.jid.as_str(), k))).collect();
+    let stored_trust = store.trusts(&keys)?;
+    let mut work: Vec<(SessionAddress, SessionRecord, bool)> = Vec::with_capacity(candidates.len());
+    for ((addr, record, fresh), ((jid, key), stored)) in candidates.into_iter().zip(keys.iter().zip(stored_trust)) {
+        let trust = trust_now.get(&(*jid, *key.as_bytes())).copied().or(stored);
         match trust.unwrap_or(TrustLevel::Undecided) {
             TrustLevel::Distrusted => coverage.devices_left_out.push((addr.clone(), Left::Distrusted)),
             t if !t.may_encrypt() => coverage.devices_left_out.push((addr.clone(), Left::Undecided)),
-            _ => work.push((addr.clone(), record)),
+            _ => work.push((addr.clone(), record, fresh)),
         }
     }
 
     // Members with no device left to reach (a set: members times devices would be quadratic).
-    let reached: std::collections::HashSet<&str> = work.iter().map(|(a, _)| a.jid.as_str()).collect();
+    let reached: std::collections::HashSet<&str> = work.iter().map(|(a, _, _)| a.jid.as_str()).collect();
     let mut unreachable: Vec<String> = plan
         .recipients
         .included
@@ -328,7 +342,7 @@ pub fn encrypt_group_message(
     }
 
     // The payload, once per namespace in use.
-    let uses = |ns| work.iter().any(|(a, _)| a.namespace == ns);
+    let uses = |ns| work.iter().any(|(a, _, _)| a.namespace == ns);
     let old = uses(Namespace::Oldmemo).then(|| payload::encrypt(body.as_bytes(), rng));
     let new = uses(Namespace::Twomemo).then(|| {
         let content = vec![Element::builder("body", "jabber:client").append(body).build()];
@@ -336,28 +350,36 @@ pub fn encrypt_group_message(
         payload::encrypt_v2(String::from(&env).as_bytes(), rng)
     });
 
-    // The per-device step, in parallel, on owned records.
+    // The per-device step, in parallel, on owned records. A stored session comes back as a delta (its
+    // advanced sending chain), a session built in this send as the whole record.
     let our = account.local_identity();
     let wrapped: Vec<Wrapped> = work
         .into_par_iter()
-        .map(|(addr, mut record)| {
+        .map(|(addr, mut record, fresh)| {
             let secret: &[u8] = match addr.namespace {
                 Namespace::Oldmemo => old.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
                 _ => new.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
             };
             let out = record.encrypt(&our, secret);
-            (addr, out, record)
+            let advanced = match (fresh, record.send_step()) {
+                (false, Some(step)) => Advanced::Step(step),
+                _ => Advanced::Whole(record),
+            };
+            (addr, out, advanced)
         })
         .collect();
 
     let mut keys = KeyElements::default();
-    let mut advanced = Vec::with_capacity(wrapped.len());
-    for (addr, out, record) in wrapped {
+    let mut whole = Vec::new();
+    for (addr, out, advanced) in wrapped {
         match out {
             Ok((data, kex)) => {
                 keys.push(&addr, data, kex);
                 coverage.keyed.push((addr.clone(), kex));
-                advanced.push((addr, record));
+                match advanced {
+                    Advanced::Step(step) => changes.session_steps.push((addr, step)),
+                    Advanced::Whole(record) => whole.push((addr, record)),
+                }
             }
             Err(e) => coverage.devices_left_out.push((addr, Left::SessionFailed(e.to_string()))),
         }
@@ -365,10 +387,10 @@ pub fn encrypt_group_message(
     // One merge of every advanced record (not one per device): the advanced ones replace the records
     // the bundles built.
     if !changes.sessions.is_empty() {
-        let done: std::collections::HashSet<&SessionAddress> = advanced.iter().map(|(a, _)| a).collect();
+        let done: std::collections::HashSet<&SessionAddress> = whole.iter().map(|(a, _)| a).collect();
         changes.sessions.retain(|(a, _)| !done.contains(a));
     }
-    changes.sessions.extend(advanced);
+    changes.sessions.extend(whole);
 
     let id = stanza::new_message_id(rng);
     let (oldmemo, twomemo) =
@@ -382,7 +404,11 @@ pub fn encrypt_group_message(
         fallback_body: true,
     };
     let stanza = stanza::build_message(&headers, elements);
-    let bytes = String::from(&stanza).len();
+    // The stanza is written out only when its size bound is over the budget (to tell exactly).
+    let bytes = match crate::xml::size_bound(&stanza) {
+        bound if bound <= opts.max_stanza_bytes => bound,
+        _ => String::from(&stanza).len(),
+    };
     if bytes > opts.max_stanza_bytes {
         return Err(GroupError::TooLarge { bytes, keys: coverage.keyed.len(), limit: opts.max_stanza_bytes });
     }

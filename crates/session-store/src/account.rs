@@ -118,6 +118,19 @@ impl Account {
         now: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Changes {
+        Self::create_with_pre_keys(jid, namespaces, taken, now, PRE_KEY_COUNT, rng)
+    }
+
+    /// [`Account::create`] with `pre_keys` one-time pre-keys instead of the usual 100 (tests and
+    /// benchmarks that need many devices quickly).
+    pub fn create_with_pre_keys(
+        jid: &str,
+        namespaces: NamespaceSet,
+        taken: &[DeviceId],
+        now: u64,
+        pre_keys: u32,
+        rng: &mut impl CryptoRngCore,
+    ) -> Changes {
         let device_id = loop {
             let id = random_device_id(rng);
             if !taken.contains(&id) {
@@ -127,7 +140,7 @@ impl Account {
         let mut account = Account::new(jid.to_owned(), device_id, KeyPair::generate(rng), 1, 1, namespaces);
         let mut changes = Changes::default();
         changes.signed_pre_keys.push(account.new_signed_pre_key(now, rng));
-        for _ in 0..PRE_KEY_COUNT {
+        for _ in 0..pre_keys {
             changes.pre_keys.push(account.new_pre_key(rng));
         }
         changes.account = Some(account);

@@ -5,7 +5,7 @@ use crate::{
     keys::{DeviceId, PublicKey},
     ledger::LedgerEntry,
     namespace::Namespace,
-    ratchet::SessionRecord,
+    ratchet::{SendStep, SessionRecord},
     trust::TrustLevel,
 };
 
@@ -44,6 +44,9 @@ pub struct Changes {
     pub hidden_pre_keys: Vec<u32>,
     /// New or advanced session records.
     pub sessions: Vec<(SessionAddress, SessionRecord)>,
+    /// Sending chains advanced by a send (a delta instead of the whole record; applied after
+    /// `sessions`).
+    pub session_steps: Vec<(SessionAddress, SendStep)>,
     /// Identity keys seen per device (replacing an earlier one).
     pub identities: Vec<(String, DeviceId, PublicKey)>,
     /// Trust decisions.
@@ -75,6 +78,7 @@ impl Changes {
             removed_pre_keys,
             hidden_pre_keys,
             sessions,
+            session_steps,
             identities,
             trust,
             device_lists,
@@ -92,6 +96,7 @@ impl Changes {
             && removed_pre_keys.is_empty()
             && hidden_pre_keys.is_empty()
             && sessions.is_empty()
+            && session_steps.is_empty()
             && identities.is_empty()
             && trust.is_empty()
             && device_lists.is_empty()
@@ -113,6 +118,7 @@ impl Changes {
             removed_pre_keys,
             hidden_pre_keys,
             sessions,
+            session_steps,
             identities,
             trust,
             device_lists,
@@ -132,9 +138,12 @@ impl Changes {
         self.removed_pre_keys.extend(removed_pre_keys);
         self.hidden_pre_keys.extend(hidden_pre_keys);
         for (addr, rec) in sessions {
+            // A whole record replaces what this set held for the device, deltas included.
             self.sessions.retain(|(a, _)| *a != addr);
+            self.session_steps.retain(|(a, _)| *a != addr);
             self.sessions.push((addr, rec));
         }
+        self.session_steps.extend(session_steps);
         self.identities.extend(identities);
         self.trust.extend(trust);
         self.device_lists.extend(device_lists);
@@ -150,5 +159,24 @@ impl Changes {
     /// the earlier ones before anything is persisted).
     pub fn session(&self, addr: &SessionAddress) -> Option<&SessionRecord> {
         self.sessions.iter().rev().find(|(a, _)| a == addr).map(|(_, r)| r)
+    }
+
+    /// The record of `addr` as it will be once this set is applied: `stored` (the store's record,
+    /// read only when this set holds no whole record) with this set's deltas on top.
+    pub fn session_now(
+        &self,
+        addr: &SessionAddress,
+        stored: impl FnOnce() -> Result<Option<SessionRecord>, crate::StoreError>,
+    ) -> Result<Option<SessionRecord>, crate::StoreError> {
+        let mut record = match self.session(addr) {
+            Some(r) => Some(r.clone()),
+            None => stored()?,
+        };
+        if let Some(r) = record.as_mut() {
+            for (_, step) in self.session_steps.iter().filter(|(a, _)| a == addr) {
+                r.apply_step(step)?;
+            }
+        }
+        Ok(record)
     }
 }

@@ -9,7 +9,7 @@ use crate::{
     keys::{DeviceId, PublicKey},
     ledger::LedgerEntry,
     namespace::Namespace,
-    ratchet::SessionRecord,
+    ratchet::{SendStep, SessionRecord},
     traits::*,
     trust::TrustLevel,
 };
@@ -23,6 +23,8 @@ pub struct MemoryStore {
     pre_keys: BTreeMap<u32, PreKeyRecord>,
     hidden: BTreeSet<u32>,
     sessions: BTreeMap<SessionAddress, Vec<u8>>,
+    /// Deltas on top of `sessions` (kept apart, as the SQLite store keeps them).
+    session_steps: BTreeMap<SessionAddress, Vec<u8>>,
     identities: BTreeMap<(String, DeviceId), PublicKey>,
     trust: BTreeMap<(String, PublicKey), TrustLevel>,
     device_lists: BTreeMap<(Namespace, String), BTreeMap<DeviceId, bool>>,
@@ -71,7 +73,12 @@ impl SignedPreKeyStore for MemoryStore {
 
 impl SessionStore for MemoryStore {
     fn session(&self, addr: &SessionAddress) -> Result<Option<SessionRecord>, StoreError> {
-        self.sessions.get(addr).map(|b| SessionRecord::from_bytes(b)).transpose()
+        let Some(bytes) = self.sessions.get(addr) else { return Ok(None) };
+        let mut record = SessionRecord::from_bytes(bytes)?;
+        if let Some(step) = self.session_steps.get(addr) {
+            record.apply_step(&SendStep::from_bytes(step)?)?;
+        }
+        Ok(Some(record))
     }
     fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError> {
         Ok(self.sessions.keys().filter(|a| a.namespace == ns && a.jid == jid).map(|a| a.device).collect())
@@ -128,6 +135,7 @@ impl Store for MemoryStore {
             removed_pre_keys,
             hidden_pre_keys,
             sessions,
+            session_steps,
             identities,
             trust,
             device_lists,
@@ -161,6 +169,13 @@ impl Store for MemoryStore {
         }
         for (addr, rec) in sessions {
             self.sessions.insert(addr.clone(), rec.to_bytes());
+            self.session_steps.remove(addr);
+        }
+        for (addr, step) in session_steps {
+            // A delta without its record would be lost on the next read: only the stored ones.
+            if self.sessions.contains_key(addr) {
+                self.session_steps.insert(addr.clone(), step.to_bytes());
+            }
         }
         for (jid, dev, key) in identities {
             self.identities.insert((jid.clone(), *dev), *key);

@@ -117,10 +117,7 @@ fn load_record(
     changes: &Changes,
     addr: &SessionAddress,
 ) -> Result<Option<SessionRecord>, SessionError> {
-    Ok(match changes.session(addr) {
-        Some(r) => Some(r.clone()),
-        None => store.session(addr)?,
-    })
+    Ok(changes.session_now(addr, || store.session(addr))?)
 }
 
 /// Starts a session with `addr` (in its namespace) from the device's bundle (signature checked, one

@@ -11,7 +11,7 @@ use crate::{
     keys::{DeviceId, KeyPair, PrivateKey, PublicKey},
     ledger::LedgerEntry,
     namespace::{Namespace, NamespaceSet},
-    ratchet::SessionRecord,
+    ratchet::{SendStep, SessionRecord},
     traits::*,
     trust::TrustLevel,
 };
@@ -24,7 +24,20 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/004_hidden_pre_keys.sql"),
     include_str!("migrations/005_spent_tokens.sql"),
     include_str!("migrations/006_replies_due.sql"),
+    include_str!("migrations/007_session_steps.sql"),
 ];
+
+/// From this many items on, a batch read scans the table once instead of querying item by item.
+const SCAN_FROM: usize = 32;
+
+/// A stored record with its delta (if any) applied.
+fn record_with_step(record: &[u8], step: Option<&[u8]>) -> Result<SessionRecord, StoreError> {
+    let mut r = SessionRecord::from_bytes(record)?;
+    if let Some(step) = step {
+        r.apply_step(&SendStep::from_bytes(step)?)?;
+    }
+    Ok(r)
+}
 
 /// Store over a rusqlite connection. Tables are prefixed `omemo_`; the schema version is kept in
 /// `omemo_schema`.
@@ -231,12 +244,46 @@ impl<C: BorrowMut<Connection>> SignedPreKeyStore for SqliteStore<C> {
 
 impl<C: BorrowMut<Connection>> SessionStore for SqliteStore<C> {
     fn session(&self, addr: &SessionAddress) -> Result<Option<SessionRecord>, StoreError> {
-        let mut stmt = self
-            .c()
-            .prepare_cached("SELECT record FROM omemo_session WHERE namespace = ?1 AND jid = ?2 AND device_id = ?3")?;
-        let bytes: Option<Vec<u8>> =
-            stmt.query_row(params![addr.namespace.code(), addr.jid, addr.device], |r| r.get(0)).optional()?;
-        bytes.map(|b| SessionRecord::from_bytes(&b)).transpose()
+        let mut stmt = self.c().prepare_cached(
+            "SELECT s.record, t.step FROM omemo_session s LEFT JOIN omemo_session_step t \
+             USING (namespace, jid, device_id) WHERE s.namespace = ?1 AND s.jid = ?2 AND s.device_id = ?3",
+        )?;
+        let row: Option<(Vec<u8>, Option<Vec<u8>>)> = stmt
+            .query_row(params![addr.namespace.code(), addr.jid, addr.device], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        row.map(|(record, step)| record_with_step(&record, step.as_deref())).transpose()
+    }
+
+    fn sessions(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SessionRecord>>, StoreError> {
+        if addrs.len() < SCAN_FROM {
+            return addrs.iter().map(|a| self.session(a)).collect();
+        }
+        // One pass over the table; only the records asked for are decoded.
+        let mut want: std::collections::HashMap<(u8, &str, u32), Vec<usize>> = std::collections::HashMap::new();
+        for (i, a) in addrs.iter().enumerate() {
+            want.entry((a.namespace.code(), a.jid.as_str(), a.device)).or_default().push(i);
+        }
+        let mut out: Vec<Option<SessionRecord>> = vec![None; addrs.len()];
+        let mut stmt = self.c().prepare_cached(
+            "SELECT s.namespace, s.jid, s.device_id, s.record, t.step FROM omemo_session s \
+             LEFT JOIN omemo_session_step t USING (namespace, jid, device_id)",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (ns, device): (i64, i64) = (row.get(0)?, row.get(2)?);
+            let (Ok(ns), Ok(device)) = (u8::try_from(ns), u32::try_from(device)) else { continue };
+            let jid = row.get_ref(1)?.as_str().map_err(|_| StoreError::Corrupt("session jid"))?;
+            let Some(at) = want.get(&(ns, jid, device)) else { continue };
+            let record = row.get_ref(3)?.as_blob().map_err(|_| StoreError::Corrupt("session record"))?;
+            let step = row.get_ref(4)?.as_blob_or_null().map_err(|_| StoreError::Corrupt("session step"))?;
+            let record = record_with_step(record, step)?;
+            for &i in at {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(record.clone());
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError> {
@@ -275,6 +322,38 @@ impl<C: BorrowMut<Connection>> IdentityStore for SqliteStore<C> {
         })
         .collect()
     }
+
+    fn trusts(&self, keys: &[(&str, PublicKey)]) -> Result<Vec<Option<TrustLevel>>, StoreError> {
+        if keys.len() < SCAN_FROM {
+            return keys.iter().map(|(j, k)| self.trust(j, k)).collect();
+        }
+        let mut want: std::collections::HashMap<(&str, [u8; 32]), Vec<usize>> = std::collections::HashMap::new();
+        for (i, (j, k)) in keys.iter().enumerate() {
+            want.entry((*j, *k.as_bytes())).or_default().push(i);
+        }
+        let mut out = vec![None; keys.len()];
+        let mut stmt = self.c().prepare_cached("SELECT jid, identity_key, level FROM omemo_trust")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let jid = row.get_ref(0)?.as_str().map_err(|_| StoreError::Corrupt("trust jid"))?;
+            let Ok(key) =
+                <[u8; 32]>::try_from(row.get_ref(1)?.as_blob().map_err(|_| StoreError::Corrupt("trust key"))?)
+            else {
+                continue;
+            };
+            let Some(at) = want.get(&(jid, key)) else { continue };
+            let level = u8::try_from(row.get::<_, i64>(2)?)
+                .ok()
+                .and_then(TrustLevel::from_code)
+                .ok_or(StoreError::Corrupt("trust level"))?;
+            for &i in at {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(level);
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
@@ -288,6 +367,37 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
             return Ok(None);
         }
         rows.into_iter().filter(|(_, a)| *a).map(|(d, _)| u32_of(d, "device id")).collect::<Result<_, _>>().map(Some)
+    }
+
+    fn device_lists(&self, ns: Namespace, jids: &[String]) -> Result<Vec<Option<Vec<DeviceId>>>, StoreError> {
+        if jids.len() < SCAN_FROM {
+            return jids.iter().map(|j| self.device_list(ns, j)).collect();
+        }
+        let mut want: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
+        for (i, j) in jids.iter().enumerate() {
+            want.entry(j.as_str()).or_default().push(i);
+        }
+        let mut out: Vec<Option<Vec<DeviceId>>> = vec![None; jids.len()];
+        let mut stmt = self.c().prepare_cached(
+            "SELECT jid, device_id, active FROM omemo_device WHERE namespace = ?1 ORDER BY jid, device_id",
+        )?;
+        let mut rows = stmt.query([ns.code()])?;
+        while let Some(row) = rows.next()? {
+            let jid = row.get_ref(0)?.as_str().map_err(|_| StoreError::Corrupt("device jid"))?;
+            let Some(at) = want.get(jid) else { continue };
+            let device = u32_of(row.get(1)?, "device id")?;
+            let active: bool = row.get(2)?;
+            for &i in at {
+                if let Some(slot) = out.get_mut(i) {
+                    // A list we saw (even with every device inactive) is `Some`.
+                    let list = slot.get_or_insert_with(Vec::new);
+                    if active {
+                        list.push(device);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -372,6 +482,7 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             removed_pre_keys,
             hidden_pre_keys,
             sessions,
+            session_steps,
             identities,
             trust,
             device_lists,
@@ -430,8 +541,21 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO omemo_session (namespace, jid, device_id, record) VALUES (?1, ?2, ?3, ?4)",
             )?;
+            let mut unstep = tx.prepare_cached(
+                "DELETE FROM omemo_session_step WHERE namespace = ?1 AND jid = ?2 AND device_id = ?3",
+            )?;
             for (addr, rec) in sessions {
                 stmt.execute(params![addr.namespace.code(), addr.jid, addr.device, rec.to_bytes()])?;
+                unstep.execute(params![addr.namespace.code(), addr.jid, addr.device])?;
+            }
+            // Deltas: only on top of a stored record (as the memory store does).
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO omemo_session_step (namespace, jid, device_id, step) \
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM omemo_session \
+                 WHERE namespace = ?1 AND jid = ?2 AND device_id = ?3)",
+            )?;
+            for (addr, step) in session_steps {
+                stmt.execute(params![addr.namespace.code(), addr.jid, addr.device, step.to_bytes()])?;
             }
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO omemo_identity (jid, device_id, identity_key) VALUES (?1, ?2, ?3)",

@@ -465,6 +465,72 @@ macro_rules! store_conformance_tests {
         }
 
         #[test]
+        fn delta_commits_and_batch_reads() {
+            for mut p in pairs(31) {
+                p.start();
+                let k = p.a_to_b(b"hello");
+                p.b_reads(&k.data).unwrap();
+                let k = p.b_to_a(b"answer");
+                p.a_reads(&k.data).unwrap();
+                let to_b = Pair::<$ty>::addr_in(&p.b, p.ns);
+                let to_a = Pair::<$ty>::addr_in(&p.a, p.ns);
+                let our = p.a.account().unwrap().unwrap().local_identity();
+                // A group send: the record advanced on a copy, only its sending chain stored.
+                let mut rec = p.a.session(&to_b).unwrap().unwrap();
+                let mut sent = Vec::new();
+                for i in 0..3u8 {
+                    let (data, kex) = rec.encrypt(&our, &[i; 32]).unwrap();
+                    assert!(!kex);
+                    sent.push(data);
+                    let step = rec.send_step().unwrap();
+                    p.a.apply(&Changes { session_steps: vec![(to_b.clone(), step)], ..Changes::default() }).unwrap();
+                    assert_eq!(p.a.session(&to_b).unwrap().unwrap().to_bytes(), rec.to_bytes(), "read = advanced");
+                }
+                // The next message continues the stored chain (a whole-record write clears the delta).
+                sent.push(p.a_to_b(&[3; 32]).data);
+                for (i, data) in sent.iter().enumerate() {
+                    assert_eq!(&p.b_reads(data).unwrap().plaintext[..], &[i as u8; 32]);
+                }
+                assert_eq!(p.a.session(&to_b).unwrap().unwrap().sent_on_chain(), rec.sent_on_chain().map(|n| n + 1));
+                // A delta of another chain is an inconsistency, reported, never applied silently.
+                let foreign = p.b.session(&to_a).unwrap().unwrap().send_step().unwrap();
+                p.a.apply(&Changes { session_steps: vec![(to_b.clone(), foreign)], ..Changes::default() }).unwrap();
+                assert!(matches!(p.a.session(&to_b), Err(StoreError::Corrupt(_))));
+                let good = p.b.session(&to_a).unwrap().unwrap();
+                p.a.apply(&Changes { sessions: vec![(to_b.clone(), good.clone())], ..Changes::default() }).unwrap();
+                assert_eq!(p.a.session(&to_b).unwrap().unwrap().to_bytes(), good.to_bytes(), "whole write wins");
+                // A delta for a device without a stored session is not kept.
+                let ghost = SessionAddress::new(p.ns, "ghost@example.org", 7);
+                let step = good.send_step().unwrap();
+                p.a.apply(&Changes { session_steps: vec![(ghost.clone(), step)], ..Changes::default() }).unwrap();
+                assert!(p.a.session(&ghost).unwrap().is_none());
+                // Batch reads agree with single reads, below and above the size where a store may scan.
+                for n in [5usize, 40] {
+                    let addrs: Vec<SessionAddress> = (0..n)
+                        .map(|i| if i % 3 == 0 { to_b.clone() } else { SessionAddress::new(p.ns, "x@example.org", i as u32) })
+                        .collect();
+                    let one: Vec<_> = addrs.iter().map(|a| p.a.session(a).unwrap().map(|r| r.to_bytes())).collect();
+                    let batch: Vec<_> = p.a.sessions(&addrs).unwrap().into_iter().map(|r| r.map(|r| r.to_bytes())).collect();
+                    assert_eq!(one, batch);
+                    let jids: Vec<String> = (0..n).map(|i| format!("m{}@example.org", i % 5)).collect();
+                    let mut ch = Changes::default();
+                    ch.device_lists.push((p.ns, "m1@example.org".into(), vec![5, 3]));
+                    ch.device_lists.push((p.ns, "m2@example.org".into(), vec![]));
+                    ch.trust.push(("m3@example.org".into(), good.remote_identity().unwrap(), TrustLevel::Verified));
+                    p.a.apply(&ch).unwrap();
+                    let one: Vec<_> = jids.iter().map(|j| p.a.device_list(p.ns, j).unwrap()).collect();
+                    assert_eq!(one, p.a.device_lists(p.ns, &jids).unwrap());
+                    assert_eq!(one[1], Some(vec![3, 5]));
+                    let keys: Vec<(&str, PublicKey)> =
+                        jids.iter().map(|j| (j.as_str(), good.remote_identity().unwrap())).collect();
+                    let one: Vec<_> = keys.iter().map(|(j, k)| p.a.trust(j, k).unwrap()).collect();
+                    assert_eq!(one, p.a.trusts(&keys).unwrap());
+                    assert_eq!(one[3], Some(TrustLevel::Verified));
+                }
+            }
+        }
+
+        #[test]
         fn changes_are_all_or_nothing_and_device_lists() {
             let mut p = pair(12);
             let mut ch = Changes::default();
@@ -522,7 +588,7 @@ mod sqlite_store {
         {
             let mut s = SqliteStore::open(&dir).unwrap();
             s.apply(&Account::create("a@b", NamespaceSet::BOTH, &[], 0, &mut ChaCha20Rng::seed_from_u64(1))).unwrap();
-            assert_eq!(s.schema_version().unwrap(), 6);
+            assert_eq!(s.schema_version().unwrap(), 7);
         }
         let s = SqliteStore::open(&dir).unwrap();
         assert_eq!(s.account().unwrap().unwrap().jid, "a@b");
@@ -544,7 +610,7 @@ mod sqlite_store {
             })
             .collect();
         for t in threads {
-            assert_eq!(t.join().unwrap().unwrap().unwrap(), 6);
+            assert_eq!(t.join().unwrap().unwrap().unwrap(), 7);
         }
         let _ = std::fs::remove_file(&path);
     }
@@ -556,7 +622,7 @@ mod sqlite_store {
         let path = std::env::temp_dir().join(format!("omemo-store-v1-{}.sqlite3", std::process::id()));
         std::fs::copy(fixture, &path).unwrap();
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 6);
+        assert_eq!(s.schema_version().unwrap(), 7);
         let acc = s.account().unwrap().unwrap();
         assert_eq!(acc.jid, "bob@example.org");
         assert_eq!(acc.namespaces, NamespaceSet::OLDMEMO, "schema-1 devices spoke OMEMO 0.3 only");

@@ -41,6 +41,11 @@ pub trait SessionStore {
     fn session(&self, addr: &SessionAddress) -> Result<Option<SessionRecord>, StoreError>;
     /// Devices of `jid` we hold a session with in `ns`.
     fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError>;
+    /// The records of many devices at once, in the order asked (a group send reads thousands: a store
+    /// can do better than one query each).
+    fn sessions(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SessionRecord>>, StoreError> {
+        addrs.iter().map(|a| self.session(a)).collect()
+    }
 }
 
 /// Identity keys per device and trust per (JID, identity key).
@@ -51,12 +56,20 @@ pub trait IdentityStore {
     fn trust(&self, jid: &str, key: &PublicKey) -> Result<Option<TrustLevel>, StoreError>;
     /// Every trust decision for a JID.
     fn trust_of(&self, jid: &str) -> Result<Vec<(PublicKey, TrustLevel)>, StoreError>;
+    /// The trust decisions for many (JID, key) pairs at once, in the order asked.
+    fn trusts(&self, keys: &[(&str, PublicKey)]) -> Result<Vec<Option<TrustLevel>>, StoreError> {
+        keys.iter().map(|(j, k)| self.trust(j, k)).collect()
+    }
 }
 
 /// Published device lists we have seen.
 pub trait DeviceListStore {
     /// The active devices of `jid` in `ns` (`None` if we never saw its list).
     fn device_list(&self, ns: Namespace, jid: &str) -> Result<Option<Vec<DeviceId>>, StoreError>;
+    /// The device lists of many JIDs at once, in the order asked.
+    fn device_lists(&self, ns: Namespace, jids: &[String]) -> Result<Vec<Option<Vec<DeviceId>>>, StoreError> {
+        jids.iter().map(|j| self.device_list(ns, j)).collect()
+    }
 }
 
 /// What we sent, and which stanzas we processed.

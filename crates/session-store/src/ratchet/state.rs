@@ -381,6 +381,62 @@ impl SessionState {
     }
 }
 
+/// What sending one message changed in a session: its sending chain moved on (and the counters of the
+/// life cycle). A store persists this small delta instead of the whole record after a group send, and
+/// applies it to the record when it reads it again ([`SessionRecord::apply_step`]).
+#[derive(Clone, PartialEq, Eq, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct SendStep {
+    /// The sending ratchet key the chain belongs to: a step applies only to that state.
+    ratchet: [u8; 32],
+    chain_key: [u8; 32],
+    index: u32,
+    sent_since_receive: u32,
+}
+
+impl fmt::Debug for SendStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendStep").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+impl SendStep {
+    /// Encoded size: a version byte, the ratchet key, the chain key, two counters.
+    pub const ENCODED_LEN: usize = 1 + 32 + 32 + 4 + 4;
+    const VERSION: u8 = 1;
+
+    /// The stored form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::ENCODED_LEN);
+        out.push(Self::VERSION);
+        out.extend_from_slice(&self.ratchet);
+        out.extend_from_slice(&self.chain_key);
+        out.extend_from_slice(&self.index.to_be_bytes());
+        out.extend_from_slice(&self.sent_since_receive.to_be_bytes());
+        out
+    }
+
+    /// Reads the stored form.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, crate::StoreError> {
+        let bad = crate::StoreError::Corrupt("session step");
+        if b.len() != Self::ENCODED_LEN || b[0] != Self::VERSION {
+            return Err(bad);
+        }
+        let word = |at: usize| b.get(at..at + 4).and_then(|w| w.try_into().ok()).map(u32::from_be_bytes);
+        let (Some(ratchet), Some(chain_key), Some(index), Some(sent_since_receive)) =
+            (b.get(1..33), b.get(33..65), word(65), word(69))
+        else {
+            return Err(bad);
+        };
+        let (Ok(ratchet), Ok(chain_key)) = (ratchet.try_into(), chain_key.try_into()) else { return Err(bad) };
+        Ok(Self { ratchet, chain_key, index, sent_since_receive })
+    }
+
+    /// The counter of the next message on the chain.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
 /// All session states with one device: the current one and up to [`MAX_ARCHIVED_STATES`] earlier ones.
 #[derive(Clone, Default)]
 pub struct SessionRecord {
@@ -421,6 +477,33 @@ impl SessionRecord {
     /// it speaks.
     pub fn is_stale(&self) -> bool {
         self.current.as_ref().is_some_and(|s| s.sent_since_receive >= STALE_AFTER)
+    }
+
+    /// The current state's sending chain as it is now: what [`SessionRecord::encrypt`] changed, to be
+    /// persisted as a delta.
+    pub fn send_step(&self) -> Option<SendStep> {
+        self.current.as_ref().map(|s| SendStep {
+            ratchet: *s.sender_ratchet.public.as_bytes(),
+            chain_key: s.sender_chain.key,
+            index: s.sender_chain.index,
+            sent_since_receive: s.sent_since_receive,
+        })
+    }
+
+    /// Applies a stored [`SendStep`] to the current state. It must belong to that state's sending
+    /// ratchet key and must not move the chain back; anything else means the store is inconsistent.
+    pub fn apply_step(&mut self, step: &SendStep) -> Result<(), crate::StoreError> {
+        let state = self.current.as_mut().ok_or(crate::StoreError::Corrupt("session step without a session"))?;
+        if *state.sender_ratchet.public.as_bytes() != step.ratchet {
+            return Err(crate::StoreError::Corrupt("session step of another sending chain"));
+        }
+        if step.index < state.sender_chain.index {
+            return Err(crate::StoreError::Corrupt("session step behind its record"));
+        }
+        state.sender_chain = ChainKey { key: step.chain_key, index: step.index };
+        state.sent_since_receive = step.sent_since_receive;
+        state.received_since_send = 0;
+        Ok(())
     }
 
     /// Messages sent on the current sending chain.
