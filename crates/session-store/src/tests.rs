@@ -505,7 +505,7 @@ macro_rules! store_conformance_tests {
                 p.a.apply(&Changes { session_steps: vec![(ghost.clone(), step)], ..Changes::default() }).unwrap();
                 assert!(p.a.session(&ghost).unwrap().is_none());
                 // Batch reads agree with single reads, below and above the size where a store may scan.
-                for n in [5usize, 40] {
+                for n in [5usize, 70] {
                     let addrs: Vec<SessionAddress> = (0..n)
                         .map(|i| if i % 3 == 0 { to_b.clone() } else { SessionAddress::new(p.ns, "x@example.org", i as u32) })
                         .collect();
