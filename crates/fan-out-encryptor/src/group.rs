@@ -167,7 +167,7 @@ enum Advanced {
     /// A stored session: only its sending chain moved on (a delta commit).
     Step(session_store::SendStep),
     /// A session built in this send: the whole record is new.
-    Whole(SessionRecord),
+    Whole(Box<SessionRecord>),
 }
 
 /// The result of the per-device step: the key element (and whether it is a key exchange), or why not,
@@ -363,7 +363,7 @@ pub fn encrypt_group_message(
             let out = record.encrypt(&our, secret);
             let advanced = match (fresh, record.send_step()) {
                 (false, Some(step)) => Advanced::Step(step),
-                _ => Advanced::Whole(record),
+                _ => Advanced::Whole(Box::new(record)),
             };
             (addr, out, advanced)
         })
@@ -378,7 +378,7 @@ pub fn encrypt_group_message(
                 coverage.keyed.push((addr.clone(), kex));
                 match advanced {
                     Advanced::Step(step) => changes.session_steps.push((addr, step)),
-                    Advanced::Whole(record) => whole.push((addr, record)),
+                    Advanced::Whole(record) => whole.push((addr, *record)),
                 }
             }
             Err(e) => coverage.devices_left_out.push((addr, Left::SessionFailed(e.to_string()))),

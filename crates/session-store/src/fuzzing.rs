@@ -2,7 +2,7 @@
 //! arbitrary bytes to a parse path and checks what must hold for any input.
 
 use crate::{
-    ratchet::SessionRecord,
+    ratchet::{SendStep, SessionRecord},
     wire::{
         v0_3::{PreKeySignalMessage, SignalMessage},
         v2::{AuthenticatedMessage, KeyExchange},
@@ -43,5 +43,24 @@ pub fn store_record(data: &[u8]) {
     if let Ok(r) = SessionRecord::from_bytes(data) {
         let bytes = r.to_bytes();
         assert!(SessionRecord::from_bytes(&bytes).is_ok());
+    }
+    // A stored send step (delta commit): it loads or is an error, re-encodes to the same bytes, and
+    // applies to a record only when it belongs to the record's sending chain and does not move it back.
+    if let Ok(step) = SendStep::from_bytes(data) {
+        assert_eq!(step.to_bytes(), data);
+    }
+    if data.len() > SendStep::ENCODED_LEN {
+        let (step, record) = data.split_at(SendStep::ENCODED_LEN);
+        if let (Ok(step), Ok(mut r)) = (SendStep::from_bytes(step), SessionRecord::from_bytes(record)) {
+            let before = r.sent_on_chain();
+            match r.apply_step(&step) {
+                Ok(()) => {
+                    assert_eq!(r.sent_on_chain(), Some(step.index()));
+                    assert!(before <= Some(step.index()));
+                    assert!(SessionRecord::from_bytes(&r.to_bytes()).is_ok());
+                }
+                Err(_) => assert_eq!(r.sent_on_chain(), before, "a refused step changes nothing"),
+            }
+        }
     }
 }
