@@ -277,8 +277,9 @@ pub fn encrypt_group_message(
     // The records to wrap for, trust checked; read serially (a store need not be shared between threads).
     let left_out: std::collections::HashSet<SessionAddress> =
         coverage.devices_left_out.iter().map(|(a, _)| a.clone()).collect();
-    // (address, record, built from a bundle in this send)
-    let mut candidates: Vec<(&SessionAddress, SessionRecord, bool)> = Vec::with_capacity(plan.devices.len());
+    // (address, record, built from a bundle in this send, its identity key)
+    let mut candidates: Vec<(&SessionAddress, SessionRecord, bool, session_store::PublicKey)> =
+        Vec::with_capacity(plan.devices.len());
     let built_now: std::collections::HashMap<&SessionAddress, &SessionRecord> =
         changes.sessions.iter().map(|(a, r)| (a, r)).collect();
     for (addr, record) in plan.devices.iter().zip(loaded) {
@@ -298,20 +299,18 @@ pub fn encrypt_group_message(
             coverage.devices_left_out.push((addr.clone(), Left::Stale));
             continue;
         }
-        if record.remote_identity().is_none() {
-            continue;
-        }
-        candidates.push((addr, record, fresh));
+        let Some(key) = record.remote_identity() else { continue };
+        candidates.push((addr, record, fresh, key));
     }
     // Trust: what the change set decides (the last word per key wins), else the store's, read at once.
     let trust_now: std::collections::HashMap<(&str, [u8; 32]), TrustLevel> =
         changes.trust.iter().map(|(j, k, t)| ((j.as_str(), *k.as_bytes()), *t)).collect();
     let keys: Vec<(&str, session_store::PublicKey)> =
-        candidates.iter().filter_map(|(a, r, _)| r.remote_identity().map(|k| (a.jid.as_str(), k))).collect();
+        candidates.iter().map(|(a, _, _, k)| (a.jid.as_str(), *k)).collect();
     let stored_trust = store.trusts(&keys)?;
     let mut work: Vec<(SessionAddress, SessionRecord, bool)> = Vec::with_capacity(candidates.len());
-    for ((addr, record, fresh), ((jid, key), stored)) in candidates.into_iter().zip(keys.iter().zip(stored_trust)) {
-        let trust = trust_now.get(&(*jid, *key.as_bytes())).copied().or(stored);
+    for ((addr, record, fresh, key), stored) in candidates.into_iter().zip(stored_trust) {
+        let trust = trust_now.get(&(addr.jid.as_str(), *key.as_bytes())).copied().or(stored);
         match trust.unwrap_or(TrustLevel::Undecided) {
             TrustLevel::Distrusted => coverage.devices_left_out.push((addr.clone(), Left::Distrusted)),
             t if !t.may_encrypt() => coverage.devices_left_out.push((addr.clone(), Left::Undecided)),

@@ -177,116 +177,13 @@ pub fn size_bound(e: &Element) -> usize {
     total
 }
 
-/// Appends `s` escaped for XML text (`in_attr`: for a single-quoted attribute value).
-fn push_escaped(out: &mut String, s: &str, in_attr: bool) {
-    // Every byte that is escaped is ASCII, so the cuts below fall on character boundaries.
-    let mut start = 0;
-    for (i, &b) in s.as_bytes().iter().enumerate() {
-        if !special(b) {
-            continue;
-        }
-        let escape = match b {
-            b'&' => "&amp;",
-            b'<' => "&lt;",
-            b'>' => "&gt;",
-            b'\r' => "&#xD;",
-            b'\'' if in_attr => "&apos;",
-            b'"' if in_attr => "&quot;",
-            b'\n' if in_attr => "&#xA;",
-            b'\t' if in_attr => "&#x9;",
-            _ => continue,
-        };
-        out.push_str(s.get(start..i).unwrap_or_default());
-        out.push_str(escape);
-        start = i + 1;
-    }
-    out.push_str(s.get(start..).unwrap_or_default());
-}
-
-/// Writes `e` as XML text: the same document as `String::from(&e)` (equal when parsed again), written
-/// faster. Elements use default-namespace declarations where the namespace changes; an attribute in a
-/// namespace other than `xml` gets a prefix declared on its element. Iterative: no recursion on deep
-/// trees. The text of a group message is written with this (a stanza for thousands of devices holds
-/// thousands of `<key>` elements).
-pub fn to_text(e: &Element) -> String {
-    enum Step<'a> {
-        Open(&'a Element, Option<usize>),
-        Text(&'a str),
-        Close(&'a str),
-    }
-    let mut out = String::with_capacity(4096);
-    let mut namespaces: Vec<String> = Vec::new();
-    let mut stack = vec![Step::Open(e, None)];
-    while let Some(step) = stack.pop() {
-        let (el, parent) = match step {
-            Step::Text(t) => {
-                push_escaped(&mut out, t, false);
-                continue;
-            }
-            Step::Close(name) => {
-                out.push_str("</");
-                out.push_str(name);
-                out.push('>');
-                continue;
-            }
-            Step::Open(el, parent) => (el, parent),
-        };
-        out.push('<');
-        out.push_str(el.name());
-        let inherited = parent.filter(|&i| namespaces.get(i).is_some_and(|p| el.has_ns(p.as_str())));
-        let own = match inherited {
-            Some(i) => i,
-            None => {
-                let ns = el.ns();
-                out.push_str(" xmlns='");
-                push_escaped(&mut out, &ns, true);
-                out.push('\'');
-                namespaces.push(ns);
-                namespaces.len() - 1
-            }
-        };
-        let mut prefixes = 0usize;
-        for ((ns, key), value) in el.attrs().iter() {
-            out.push(' ');
-            if ns.is_none() {
-            } else if *ns == minidom::rxml::Namespace::XML {
-                out.push_str("xml:");
-            } else {
-                out.push_str(&format!("xmlns:a{prefixes}='"));
-                push_escaped(&mut out, ns.as_str(), true);
-                out.push_str(&format!("' a{prefixes}:"));
-                prefixes += 1;
-            }
-            out.push_str(key);
-            out.push_str("='");
-            push_escaped(&mut out, value, true);
-            out.push('\'');
-        }
-        if el.nodes().next().is_none() {
-            out.push_str("/>");
-            continue;
-        }
-        out.push('>');
-        stack.push(Step::Close(el.name()));
-        // Children in reverse, so that the first is written first; text is written when reached.
-        let nodes: Vec<&minidom::Node> = el.nodes().collect();
-        for node in nodes.into_iter().rev() {
-            match node {
-                minidom::Node::Element(child) => stack.push(Step::Open(child, Some(own))),
-                minidom::Node::Text(t) => stack.push(Step::Text(t)),
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
-    fn writer_round_trips_and_size_bound_is_never_below_the_written_length() {
+    fn size_bound_is_never_below_the_written_length() {
         let lang = (minidom::rxml::Namespace::xml().clone(), attr_name("lang"));
         let mut cases = Vec::new();
         for text in ["plain", "a & b < c > d 'q' \"dq\"\r\n\tend", "ünïcödé ✓"] {
@@ -304,16 +201,6 @@ mod tests {
                 .build();
             cases.push(root);
         }
-        // Fixtures (parsed, with prefixes of their own) too.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/realworld/fixtures");
-        let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-        names.sort();
-        let mut parsed = 0;
-        for name in names.iter().filter_map(|n| n.to_str()).filter(|n| n.ends_with(".xml")) {
-            cases.push(fixture(name));
-            parsed += 1;
-        }
-        assert!(parsed > 5, "fixtures found: {parsed}");
         let mut nested = Element::bare("deep", "urn:example:deep");
         for i in 0..100 {
             nested = Element::builder("deep", if i % 2 == 0 { "urn:a" } else { "urn:b" }).append(nested).build();
@@ -327,10 +214,6 @@ mod tests {
         );
         cases.push(odd);
         for e in &cases {
-            let text = to_text(e);
-            assert_eq!(&parse_element(&text).unwrap(), e, "{text}");
-        }
-        for e in &cases[..3] {
             let exact = String::from(e).len();
             let bound = size_bound(e);
             assert!(bound >= exact, "bound {bound} < {exact}: {}", String::from(e));
