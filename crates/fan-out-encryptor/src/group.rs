@@ -15,8 +15,8 @@ use participant_resolver::{Exclusion, Recipients, ResolveError, Room};
 use rand_core::CryptoRngCore;
 use rayon::prelude::*;
 use session_store::{
-    session, Changes, LedgerEntry, Namespace, PreKeyBundle, SessionAddress, SessionError, SessionRecord, Store,
-    StoreError, TrustLevel,
+    session, Changes, LedgerEntry, Namespace, PreKeyBundle, SendState, SessionAddress, SessionError, SessionRecord,
+    Store, StoreError, TrustLevel,
 };
 
 use crate::{
@@ -162,37 +162,28 @@ impl GroupMessage {
     }
 }
 
-/// What the per-device step changed in a session.
-enum Advanced {
-    /// A stored session: only its sending chain moved on (a delta commit).
-    Step(session_store::SendStep),
-    /// A session built in this send: the whole record is new.
-    Whole(Box<SessionRecord>),
-}
-
-/// The result of the per-device step: the key element (and whether it is a key exchange), or why not,
-/// and what changed in the session.
-type Wrapped = (SessionAddress, Result<(Vec<u8>, bool), SessionError>, Advanced);
+/// The result of the per-device step: the key element (and whether it is a key exchange) and the
+/// session's advanced sending chain, or why not; and whether the session was built in this send.
+type Wrapped = (SessionAddress, Result<(Vec<u8>, bool, session_store::SendStep), SessionError>, bool);
 
 /// Step 1: the recipients, their devices, and what to fetch before encrypting.
 pub fn plan_group_message(store: &impl Store, room: &Room, choice: NamespaceChoice) -> Result<GroupPlan, GroupError> {
     Ok(load_plan(store, room, choice)?.0)
 }
 
-/// The plan and the records it found (each device's record decoded once per send).
+/// The plan and what sending needs of each device's session (read once per send).
 fn load_plan(
     store: &impl Store,
     room: &Room,
     choice: NamespaceChoice,
-) -> Result<(GroupPlan, Vec<Option<SessionRecord>>), GroupError> {
+) -> Result<(GroupPlan, Vec<Option<SendState>>), GroupError> {
     let recipients = room.recipients()?;
     let jids: Vec<String> = recipients.included.iter().cloned().collect();
     let (devices, need_device_lists) = recipient_devices(store, &jids, choice)?;
     let mut need_bundles = Vec::new();
-    let mut records = store.sessions(&devices)?;
-    for (addr, record) in devices.iter().zip(records.iter_mut()) {
-        if !record.as_ref().is_some_and(SessionRecord::has_current) {
-            *record = None;
+    let records = store.send_states(&devices)?;
+    for (addr, record) in devices.iter().zip(records.iter()) {
+        if record.is_none() {
             need_bundles.push(addr.clone());
         }
     }
@@ -277,8 +268,8 @@ pub fn encrypt_group_message(
     // The records to wrap for, trust checked; read serially (a store need not be shared between threads).
     let left_out: std::collections::HashSet<SessionAddress> =
         coverage.devices_left_out.iter().map(|(a, _)| a.clone()).collect();
-    // (address, record, built from a bundle in this send, its identity key)
-    let mut candidates: Vec<(&SessionAddress, SessionRecord, bool, session_store::PublicKey)> =
+    // (address, session, built from a bundle in this send, its identity key)
+    let mut candidates: Vec<(&SessionAddress, SendState, bool, session_store::PublicKey)> =
         Vec::with_capacity(plan.devices.len());
     let built_now: std::collections::HashMap<&SessionAddress, &SessionRecord> =
         changes.sessions.iter().map(|(a, r)| (a, r)).collect();
@@ -287,20 +278,20 @@ pub fn encrypt_group_message(
             continue;
         }
         // A session built from a bundle just now is in the change set.
-        let (record, fresh) = match record {
+        let (state, fresh) = match record {
             Some(r) => (Some(r), false),
-            None => (built_now.get(addr).map(|r| (*r).clone()), true),
+            None => (built_now.get(addr).and_then(|r| r.send_state()), true),
         };
-        let Some(record) = record.filter(SessionRecord::has_current) else {
+        let Some(state) = state else {
             coverage.devices_left_out.push((addr.clone(), Left::NoBundle("no session".into())));
             continue;
         };
-        if record.is_stale() {
+        if state.is_stale() {
             coverage.devices_left_out.push((addr.clone(), Left::Stale));
             continue;
         }
-        let Some(key) = record.remote_identity() else { continue };
-        candidates.push((addr, record, fresh, key));
+        let key = state.remote_identity();
+        candidates.push((addr, state, fresh, key));
     }
     // Trust: what the change set decides (the last word per key wins), else the store's, read at once.
     let trust_now: std::collections::HashMap<(&str, [u8; 32]), TrustLevel> =
@@ -308,7 +299,7 @@ pub fn encrypt_group_message(
     let keys: Vec<(&str, session_store::PublicKey)> =
         candidates.iter().map(|(a, _, _, k)| (a.jid.as_str(), *k)).collect();
     let stored_trust = store.trusts(&keys)?;
-    let mut work: Vec<(SessionAddress, SessionRecord, bool)> = Vec::with_capacity(candidates.len());
+    let mut work: Vec<(SessionAddress, SendState, bool)> = Vec::with_capacity(candidates.len());
     for ((addr, record, fresh, key), stored) in candidates.into_iter().zip(stored_trust) {
         let trust = trust_now.get(&(addr.jid.as_str(), *key.as_bytes())).copied().or(stored);
         match trust.unwrap_or(TrustLevel::Undecided) {
@@ -349,47 +340,47 @@ pub fn encrypt_group_message(
         payload::encrypt_v2(String::from(&env).as_bytes(), rng)
     });
 
-    // The per-device step, in parallel, on owned records. A stored session comes back as a delta (its
-    // advanced sending chain), a session built in this send as the whole record.
+    // The per-device step, in parallel, on owned copies of what sending needs of each session; each
+    // comes back with its advanced sending chain (a delta of the stored record).
     let our = account.local_identity();
     let wrapped: Vec<Wrapped> = work
         .into_par_iter()
-        .map(|(addr, mut record, fresh)| {
+        .map(|(addr, mut state, fresh)| {
             let secret: &[u8] = match addr.namespace {
                 Namespace::Oldmemo => old.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
                 _ => new.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
             };
-            let out = record.encrypt(&our, secret);
-            let advanced = match (fresh, record.send_step()) {
-                (false, Some(step)) => Advanced::Step(step),
-                _ => Advanced::Whole(Box::new(record)),
-            };
-            (addr, out, advanced)
+            let out = state.encrypt(&our, secret).map(|(data, kex)| (data, kex, state.step()));
+            (addr, out, fresh)
         })
         .collect();
 
     let mut keys = KeyElements::default();
-    let mut whole = Vec::new();
-    for (addr, out, advanced) in wrapped {
+    // A session built in this send is stored whole, with its step applied; a stored one as the step.
+    let built_at: std::collections::HashMap<SessionAddress, usize> =
+        changes.sessions.iter().enumerate().map(|(i, (a, _))| (a.clone(), i)).collect();
+    for (addr, out, fresh) in wrapped {
         match out {
-            Ok((data, kex)) => {
-                keys.push(&addr, data, kex);
-                coverage.keyed.push((addr.clone(), kex));
-                match advanced {
-                    Advanced::Step(step) => changes.session_steps.push((addr, step)),
-                    Advanced::Whole(record) => whole.push((addr, *record)),
+            Ok((data, kex, step)) => {
+                if fresh {
+                    let record = built_at.get(&addr).and_then(|&i| changes.sessions.get_mut(i)).map(|(_, r)| r);
+                    match record.map(|r| r.apply_step(&step)) {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => return Err(e.into()),
+                        None => {
+                            let lost = SessionError::Internal("session built in this send is not in the change set");
+                            return Err(EncryptError::Session(lost).into());
+                        }
+                    }
+                } else {
+                    changes.session_steps.push((addr.clone(), step));
                 }
+                keys.push(&addr, data, kex);
+                coverage.keyed.push((addr, kex));
             }
             Err(e) => coverage.devices_left_out.push((addr, Left::SessionFailed(e.to_string()))),
         }
     }
-    // One merge of every advanced record (not one per device): the advanced ones replace the records
-    // the bundles built.
-    if !changes.sessions.is_empty() {
-        let done: std::collections::HashSet<&SessionAddress> = whole.iter().map(|(a, _)| a).collect();
-        changes.sessions.retain(|(a, _)| !done.contains(a));
-    }
-    changes.sessions.extend(whole);
 
     let id = stanza::new_message_id(rng);
     let (oldmemo, twomemo) =

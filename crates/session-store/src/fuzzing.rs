@@ -2,7 +2,7 @@
 //! arbitrary bytes to a parse path and checks what must hold for any input.
 
 use crate::{
-    ratchet::{SendStep, SessionRecord},
+    ratchet::{SendState, SendStep, SessionRecord},
     wire::{
         v0_3::{PreKeySignalMessage, SignalMessage},
         v2::{AuthenticatedMessage, KeyExchange},
@@ -40,9 +40,16 @@ pub fn ratchet_message(data: &[u8]) {
 
 /// A stored session record: loading never panics, and a loaded record re-encodes to one that loads.
 pub fn store_record(data: &[u8]) {
+    // What a group send reads of a record never panics either; on a record in our own encoding it is
+    // what the whole decode gives.
+    let light = SendState::from_record_bytes(data, None);
     if let Ok(r) = SessionRecord::from_bytes(data) {
         let bytes = r.to_bytes();
         assert!(SessionRecord::from_bytes(&bytes).is_ok());
+        if bytes == data {
+            assert!(light.is_ok(), "the send-state reader refuses a record the whole decode loads");
+            assert_same_send_state(light, r.send_state());
+        }
     }
     // A stored send step (delta commit): it loads or is an error, re-encodes to the same bytes, and
     // applies to a record only when it belongs to the record's sending chain and does not move it back.
@@ -53,6 +60,12 @@ pub fn store_record(data: &[u8]) {
         let (step, record) = data.split_at(SendStep::ENCODED_LEN);
         if let (Ok(step), Ok(mut r)) = (SendStep::from_bytes(step), SessionRecord::from_bytes(record)) {
             let before = r.sent_on_chain();
+            let canonical = r.to_bytes() == record;
+            let light = SendState::from_record_bytes(record, Some(&step.to_bytes()));
+            let mut stepped = r.clone();
+            if canonical {
+                assert_same_send_state(light, stepped.apply_step(&step).ok().and_then(|()| stepped.send_state()));
+            }
             match r.apply_step(&step) {
                 Ok(()) => {
                     assert_eq!(r.sent_on_chain(), Some(step.index()));
@@ -63,4 +76,15 @@ pub fn store_record(data: &[u8]) {
             }
         }
     }
+}
+
+/// The send-state reader and the whole decode agree: both a state (the same), or both none (the reader
+/// may report an error where the whole decode found no session only for a step without one).
+fn assert_same_send_state(light: Result<Option<SendState>, crate::StoreError>, whole: Option<SendState>) {
+    let (read, agree) = match (&light, &whole) {
+        (Ok(Some(a)), Some(b)) => (true, a.same_as(b)),
+        (Ok(None) | Err(_), None) => (false, true),
+        (read, _) => (matches!(read, Ok(Some(_))), false),
+    };
+    assert!(agree, "send state reader read a state: {read}, whole record has one: {}", whole.is_some());
 }

@@ -71,7 +71,7 @@ pub use keys::{DeviceId, KeyPair, PrivateKey, PublicKey};
 pub use ledger::LedgerEntry;
 pub use memory::MemoryStore;
 pub use namespace::{Namespace, NamespaceSet};
-pub use ratchet::{LocalIdentity, SendStep, SessionRecord};
+pub use ratchet::{LocalIdentity, SendState, SendStep, SessionRecord};
 pub use sqlite::SqliteStore;
 pub use traits::{
     AccountStore, DeviceListStore, IdentityStore, LedgerStore, PreKeyStore, SessionStore, SignedPreKeyStore, Store,

@@ -9,7 +9,7 @@ use crate::{
     keys::{DeviceId, PublicKey},
     ledger::LedgerEntry,
     namespace::Namespace,
-    ratchet::{SendStep, SessionRecord},
+    ratchet::{SendState, SendStep, SessionRecord},
     traits::*,
     trust::TrustLevel,
 };
@@ -79,6 +79,15 @@ impl SessionStore for MemoryStore {
             record.apply_step(&SendStep::from_bytes(step)?)?;
         }
         Ok(Some(record))
+    }
+    fn send_states(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SendState>>, StoreError> {
+        addrs
+            .iter()
+            .map(|a| match self.sessions.get(a) {
+                Some(record) => SendState::from_record_bytes(record, self.session_steps.get(a).map(Vec::as_slice)),
+                None => Ok(None),
+            })
+            .collect()
     }
     fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError> {
         Ok(self.sessions.keys().filter(|a| a.namespace == ns && a.jid == jid).map(|a| a.device).collect())

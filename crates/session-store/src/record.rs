@@ -12,7 +12,8 @@ use crate::{
     namespace::Namespace,
     ratchet::{
         keys::{ChainKey, MessageKeySeed, RootKey},
-        PendingKeyExchange, ReceiverChain, SessionRecord, SessionState, MAX_ARCHIVED_STATES, MAX_SKIPPED_KEYS,
+        PendingKeyExchange, ReceiverChain, SendState, SendStep, SessionRecord, SessionState, MAX_ARCHIVED_STATES,
+        MAX_SKIPPED_KEYS,
     },
 };
 
@@ -231,5 +232,204 @@ impl SessionRecord {
             current: proto.current.as_ref().map(state_from).transpose()?,
             archived: proto.archived.iter().map(state_from).collect::<Result<_, _>>()?,
         })
+    }
+}
+
+/// A protobuf field as the send-state reader sees it: a varint, or the bytes of a length-delimited field
+/// (borrowed). Fixed-width fields are skipped; groups are refused.
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+/// The fields of one protobuf message, in order, without allocating. Malformed framing (a truncated
+/// varint or field, a length past the end, field number 0, a group) ends the walk with an error.
+struct Fields<'a> {
+    buf: &'a [u8],
+}
+
+fn corrupt() -> StoreError {
+    StoreError::Corrupt("session record protobuf")
+}
+
+fn varint(buf: &mut &[u8]) -> Result<u64, StoreError> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let (&b, rest) = buf.split_first().ok_or_else(corrupt)?;
+        *buf = rest;
+        // The tenth byte may only carry the 64th bit.
+        if i == 9 && b > 1 {
+            return Err(corrupt());
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(corrupt())
+}
+
+impl<'a> Fields<'a> {
+    fn next_field(&mut self) -> Result<Option<(u32, Field<'a>)>, StoreError> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let key = varint(&mut self.buf)?;
+        let number = u32::try_from(key >> 3).map_err(|_| corrupt())?;
+        if number == 0 {
+            return Err(corrupt());
+        }
+        let field = match key & 7 {
+            0 => Field::Varint(varint(&mut self.buf)?),
+            wire @ (1 | 5) => {
+                let width = if wire == 1 { 8 } else { 4 };
+                self.buf = self.buf.get(width..).ok_or_else(corrupt)?;
+                Field::Fixed
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut self.buf)?).map_err(|_| corrupt())?;
+                if len > self.buf.len() {
+                    return Err(corrupt());
+                }
+                let (bytes, rest) = self.buf.split_at(len);
+                self.buf = rest;
+                Field::Bytes(bytes)
+            }
+            _ => return Err(corrupt()),
+        };
+        Ok(Some((number, field)))
+    }
+}
+
+fn bytes_of(f: Field<'_>) -> Result<&[u8], StoreError> {
+    match f {
+        Field::Bytes(b) => Ok(b),
+        _ => Err(corrupt()),
+    }
+}
+
+fn u32_of(f: Field<'_>) -> Result<u32, StoreError> {
+    match f {
+        Field::Varint(v) => u32::try_from(v).map_err(|_| corrupt()),
+        _ => Err(corrupt()),
+    }
+}
+
+fn key_of(f: Field<'_>, what: &'static str) -> Result<[u8; 32], StoreError> {
+    arr(bytes_of(f)?, what)
+}
+
+/// Reads what sending needs of a `StateProto`, checking the framing of every field and the lengths of
+/// the keys it skips.
+fn send_state_from(mut fields: Fields<'_>) -> Result<SendState, StoreError> {
+    let (mut remote, mut initiator, mut base, mut public, mut chain) = (None, false, None, None, None);
+    let (mut index, mut previous_counter, mut ns, mut ed25519, mut pending) = (0, 0, 0, None, None);
+    let (mut received_since_send, mut sent_since_receive, mut skipped) = (0, 0, 0usize);
+    let (mut root_ok, mut private_ok) = (false, false);
+    while let Some((number, f)) = fields.next_field()? {
+        match number {
+            1 => remote = Some(key_of(f, "remote identity")?),
+            2 => match f {
+                Field::Varint(v) => initiator = v != 0,
+                _ => return Err(corrupt()),
+            },
+            3 => base = Some(key_of(f, "base key")?),
+            4 => root_ok = bytes_of(f)?.len() == 32,
+            5 => private_ok = bytes_of(f)?.len() == 32,
+            6 => public = Some(key_of(f, "sender ratchet public key")?),
+            7 => chain = Some(key_of(f, "sender chain key")?),
+            8 => index = u32_of(f)?,
+            9 => previous_counter = u32_of(f)?,
+            10 | 11 => {
+                bytes_of(f)?;
+            }
+            12 => {
+                bytes_of(f)?;
+                skipped += 1;
+            }
+            13 => {
+                let (mut pre_key_id, mut signed_pre_key_id) = (None, 0);
+                let mut inner = Fields { buf: bytes_of(f)? };
+                while let Some((n, f)) = inner.next_field()? {
+                    match n {
+                        1 => pre_key_id = Some(u32_of(f)?),
+                        2 => signed_pre_key_id = u32_of(f)?,
+                        _ => {}
+                    }
+                }
+                pending = Some(PendingKeyExchange { pre_key_id, signed_pre_key_id });
+            }
+            14 => ns = u32_of(f)?,
+            15 => ed25519 = Some(key_of(f, "remote Ed25519 identity")?),
+            16 => received_since_send = u32_of(f)?,
+            17 => sent_since_receive = u32_of(f)?,
+            _ => {}
+        }
+    }
+    if skipped > MAX_SKIPPED_KEYS {
+        return Err(StoreError::Corrupt("too many skipped keys"));
+    }
+    if !private_ok {
+        return Err(StoreError::Corrupt("sender ratchet private key"));
+    }
+    if !root_ok {
+        return Err(StoreError::Corrupt("root key"));
+    }
+    let ns = u8::try_from(ns).ok().and_then(Namespace::from_code).ok_or(StoreError::Corrupt("namespace"))?;
+    if ns == Namespace::Twomemo && ed25519.is_none() {
+        return Err(StoreError::Corrupt("OMEMO 2 session without Ed25519 identity"));
+    }
+    Ok(SendState {
+        ns,
+        remote_identity: PublicKey::from_bytes(remote.ok_or(StoreError::Corrupt("remote identity"))?),
+        remote_identity_ed25519: ed25519,
+        initiator,
+        base_key: PublicKey::from_bytes(base.ok_or(StoreError::Corrupt("base key"))?),
+        sender_ratchet: PublicKey::from_bytes(public.ok_or(StoreError::Corrupt("sender ratchet public key"))?),
+        sender_chain: ChainKey { key: chain.ok_or(StoreError::Corrupt("sender chain key"))?, index },
+        previous_counter,
+        pending,
+        received_since_send,
+        sent_since_receive,
+    })
+}
+
+impl SendState {
+    /// Reads what sending needs of the current state of a stored record (the bytes of
+    /// [`SessionRecord::to_bytes`]) and applies its stored [`SendStep`], if any: the state that
+    /// [`SessionRecord::from_bytes`], [`SessionRecord::apply_step`] and [`SessionRecord::send_state`] give,
+    /// without decoding the archived states, receiving chains and skipped keys, and without allocating.
+    /// The framing of the whole record and the lengths of the current state's keys are checked. `None`:
+    /// the record holds no session.
+    pub fn from_record_bytes(record: &[u8], step: Option<&[u8]>) -> Result<Option<Self>, StoreError> {
+        let mut fields = Fields { buf: record };
+        let (mut current, mut archived) = (None, 0usize);
+        while let Some((number, f)) = fields.next_field()? {
+            match number {
+                1 if current.is_none() => current = Some(bytes_of(f)?),
+                // Our encoder writes the current state once (a protobuf reader would merge a second one).
+                1 => return Err(StoreError::Corrupt("session record with two current states")),
+                2 => {
+                    bytes_of(f)?;
+                    archived += 1;
+                }
+                _ => {}
+            }
+        }
+        if archived > MAX_ARCHIVED_STATES {
+            return Err(StoreError::Corrupt("too many archived states"));
+        }
+        let Some(current) = current else {
+            return match step {
+                Some(_) => Err(StoreError::Corrupt("session step without a session")),
+                None => Ok(None),
+            };
+        };
+        let mut state = send_state_from(Fields { buf: current })?;
+        if let Some(step) = step {
+            state.apply_step(&SendStep::from_bytes(step)?)?;
+        }
+        Ok(Some(state))
     }
 }

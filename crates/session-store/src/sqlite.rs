@@ -11,7 +11,7 @@ use crate::{
     keys::{DeviceId, KeyPair, PrivateKey, PublicKey},
     ledger::LedgerEntry,
     namespace::{Namespace, NamespaceSet},
-    ratchet::{SendStep, SessionRecord},
+    ratchet::{SendState, SendStep, SessionRecord},
     traits::*,
     trust::TrustLevel,
 };
@@ -242,6 +242,58 @@ impl<C: BorrowMut<Connection>> SignedPreKeyStore for SqliteStore<C> {
     }
 }
 
+impl<C: BorrowMut<Connection>> SqliteStore<C> {
+    /// Each address's stored record and step, decoded by `decode`, in the order asked: point queries for
+    /// a few, one pass over the table for many (only the rows asked for are decoded).
+    fn session_rows<T: Clone>(
+        &self,
+        addrs: &[SessionAddress],
+        decode: impl Fn(&[u8], Option<&[u8]>) -> Result<T, StoreError>,
+    ) -> Result<Vec<Option<T>>, StoreError> {
+        if addrs.len() < SCAN_FROM {
+            let mut stmt = self.c().prepare_cached(
+                "SELECT s.record, t.step FROM omemo_session s LEFT JOIN omemo_session_step t \
+                 USING (namespace, jid, device_id) WHERE s.namespace = ?1 AND s.jid = ?2 AND s.device_id = ?3",
+            )?;
+            return addrs
+                .iter()
+                .map(|addr| {
+                    let mut rows = stmt.query(params![addr.namespace.code(), addr.jid, addr.device])?;
+                    let Some(row) = rows.next()? else { return Ok(None) };
+                    let record = row.get_ref(0)?.as_blob().map_err(|_| StoreError::Corrupt("session record"))?;
+                    let step = row.get_ref(1)?.as_blob_or_null().map_err(|_| StoreError::Corrupt("session step"))?;
+                    decode(record, step).map(Some)
+                })
+                .collect();
+        }
+        let mut want: std::collections::HashMap<(u8, &str, u32), Vec<usize>> = std::collections::HashMap::new();
+        for (i, a) in addrs.iter().enumerate() {
+            want.entry((a.namespace.code(), a.jid.as_str(), a.device)).or_default().push(i);
+        }
+        let mut out: Vec<Option<T>> = vec![None; addrs.len()];
+        let mut stmt = self.c().prepare_cached(
+            "SELECT s.namespace, s.jid, s.device_id, s.record, t.step FROM omemo_session s \
+             LEFT JOIN omemo_session_step t USING (namespace, jid, device_id)",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let (ns, device): (i64, i64) = (row.get(0)?, row.get(2)?);
+            let (Ok(ns), Ok(device)) = (u8::try_from(ns), u32::try_from(device)) else { continue };
+            let jid = row.get_ref(1)?.as_str().map_err(|_| StoreError::Corrupt("session jid"))?;
+            let Some(at) = want.get(&(ns, jid, device)) else { continue };
+            let record = row.get_ref(3)?.as_blob().map_err(|_| StoreError::Corrupt("session record"))?;
+            let step = row.get_ref(4)?.as_blob_or_null().map_err(|_| StoreError::Corrupt("session step"))?;
+            let value = decode(record, step)?;
+            for &i in at {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(value.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl<C: BorrowMut<Connection>> SessionStore for SqliteStore<C> {
     fn session(&self, addr: &SessionAddress) -> Result<Option<SessionRecord>, StoreError> {
         let mut stmt = self.c().prepare_cached(
@@ -255,35 +307,11 @@ impl<C: BorrowMut<Connection>> SessionStore for SqliteStore<C> {
     }
 
     fn sessions(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SessionRecord>>, StoreError> {
-        if addrs.len() < SCAN_FROM {
-            return addrs.iter().map(|a| self.session(a)).collect();
-        }
-        // One pass over the table; only the records asked for are decoded.
-        let mut want: std::collections::HashMap<(u8, &str, u32), Vec<usize>> = std::collections::HashMap::new();
-        for (i, a) in addrs.iter().enumerate() {
-            want.entry((a.namespace.code(), a.jid.as_str(), a.device)).or_default().push(i);
-        }
-        let mut out: Vec<Option<SessionRecord>> = vec![None; addrs.len()];
-        let mut stmt = self.c().prepare_cached(
-            "SELECT s.namespace, s.jid, s.device_id, s.record, t.step FROM omemo_session s \
-             LEFT JOIN omemo_session_step t USING (namespace, jid, device_id)",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let (ns, device): (i64, i64) = (row.get(0)?, row.get(2)?);
-            let (Ok(ns), Ok(device)) = (u8::try_from(ns), u32::try_from(device)) else { continue };
-            let jid = row.get_ref(1)?.as_str().map_err(|_| StoreError::Corrupt("session jid"))?;
-            let Some(at) = want.get(&(ns, jid, device)) else { continue };
-            let record = row.get_ref(3)?.as_blob().map_err(|_| StoreError::Corrupt("session record"))?;
-            let step = row.get_ref(4)?.as_blob_or_null().map_err(|_| StoreError::Corrupt("session step"))?;
-            let record = record_with_step(record, step)?;
-            for &i in at {
-                if let Some(slot) = out.get_mut(i) {
-                    *slot = Some(record.clone());
-                }
-            }
-        }
-        Ok(out)
+        self.session_rows(addrs, record_with_step)
+    }
+
+    fn send_states(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SendState>>, StoreError> {
+        Ok(self.session_rows(addrs, SendState::from_record_bytes)?.into_iter().map(Option::flatten).collect())
     }
 
     fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError> {

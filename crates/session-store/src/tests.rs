@@ -71,6 +71,35 @@ impl<S: Store> Pair<S> {
     }
 }
 
+/// What a group send reads of each device's session ([`SessionStore::send_states`], and the reader
+/// of stored bytes) equals what the whole record gives.
+fn send_states_agree<S: Store>(s: &S, addrs: &[SessionAddress]) {
+    let whole = s.sessions(addrs).unwrap();
+    let light = s.send_states(addrs).unwrap();
+    assert_eq!(whole.len(), light.len());
+    for (w, l) in whole.iter().zip(&light) {
+        match (w.as_ref().and_then(SessionRecord::send_state), l) {
+            (Some(a), Some(b)) => assert!(a.same_as(b), "{a:?} / {b:?}"),
+            (None, None) => {}
+            (a, b) => panic!("whole record: {a:?}, send state: {b:?}"),
+        }
+        if let Some(w) = w {
+            let bytes = w.to_bytes();
+            let read = SendState::from_record_bytes(&bytes, None).unwrap().unwrap();
+            assert!(read.same_as(&w.send_state().unwrap()));
+            // A cut inside the current state is an error; a cut after it (archived states lost) still
+            // reads the same current state; nothing at all is no session.
+            for cut in 0..bytes.len() {
+                match SendState::from_record_bytes(&bytes[..cut], None) {
+                    Ok(Some(cut_read)) => assert!(cut_read.same_as(&read), "cut at {cut}"),
+                    Ok(None) => assert_eq!(cut, 0),
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+}
+
 macro_rules! store_conformance_tests {
     ($ty:ty, $make:expr) => {
         use super::*;
@@ -259,6 +288,10 @@ macro_rules! store_conformance_tests {
                     let k = p.b_to_a(&[i]);
                     assert_eq!(&p.a_reads(&k.data).unwrap().plaintext[..], &[i]);
                 }
+                // Records with archived states: what a send reads is still the current state.
+                let to_b = Pair::<_>::addr_in(&p.b, p.ns);
+                send_states_agree(&p.a, &[to_b.clone(), to_a.clone()]);
+                send_states_agree(&p.b, &[to_a, to_b]);
             }
         }
 
@@ -468,12 +501,18 @@ macro_rules! store_conformance_tests {
         fn delta_commits_and_batch_reads() {
             for mut p in pairs(31) {
                 p.start();
+                // A pending key exchange, and skipped keys on the other side.
+                send_states_agree(&p.a, &[Pair::<$ty>::addr_in(&p.b, p.ns)]);
+                let lost = p.a_to_b(b"lost");
                 let k = p.a_to_b(b"hello");
                 p.b_reads(&k.data).unwrap();
                 let k = p.b_to_a(b"answer");
                 p.a_reads(&k.data).unwrap();
                 let to_b = Pair::<$ty>::addr_in(&p.b, p.ns);
                 let to_a = Pair::<$ty>::addr_in(&p.a, p.ns);
+                assert!(format!("{:?}", p.b.session(&to_a).unwrap().unwrap()).contains("skipped_keys: 1"));
+                send_states_agree(&p.b, std::slice::from_ref(&to_a));
+                drop(lost);
                 let our = p.a.account().unwrap().unwrap().local_identity();
                 // A group send: the record advanced on a copy, only its sending chain stored.
                 let mut rec = p.a.session(&to_b).unwrap().unwrap();
@@ -485,7 +524,13 @@ macro_rules! store_conformance_tests {
                     let step = rec.send_step().unwrap();
                     p.a.apply(&Changes { session_steps: vec![(to_b.clone(), step)], ..Changes::default() }).unwrap();
                     assert_eq!(p.a.session(&to_b).unwrap().unwrap().to_bytes(), rec.to_bytes(), "read = advanced");
+                    send_states_agree(&p.a, std::slice::from_ref(&to_b));
                 }
+                // The send state encrypts exactly as the record does.
+                let mut state = p.a.send_states(std::slice::from_ref(&to_b)).unwrap().remove(0).unwrap();
+                let mut copy = rec.clone();
+                assert_eq!(state.encrypt(&our, &[9; 32]).unwrap(), copy.encrypt(&our, &[9; 32]).unwrap());
+                assert!(state.same_as(&copy.send_state().unwrap()));
                 // The next message continues the stored chain (a whole-record write clears the delta).
                 sent.push(p.a_to_b(&[3; 32]).data);
                 for (i, data) in sent.iter().enumerate() {
@@ -496,6 +541,7 @@ macro_rules! store_conformance_tests {
                 let foreign = p.b.session(&to_a).unwrap().unwrap().send_step().unwrap();
                 p.a.apply(&Changes { session_steps: vec![(to_b.clone(), foreign)], ..Changes::default() }).unwrap();
                 assert!(matches!(p.a.session(&to_b), Err(StoreError::Corrupt(_))));
+                assert!(matches!(p.a.send_states(std::slice::from_ref(&to_b)), Err(StoreError::Corrupt(_))));
                 let good = p.b.session(&to_a).unwrap().unwrap();
                 p.a.apply(&Changes { sessions: vec![(to_b.clone(), good.clone())], ..Changes::default() }).unwrap();
                 assert_eq!(p.a.session(&to_b).unwrap().unwrap().to_bytes(), good.to_bytes(), "whole write wins");
@@ -512,6 +558,7 @@ macro_rules! store_conformance_tests {
                     let one: Vec<_> = addrs.iter().map(|a| p.a.session(a).unwrap().map(|r| r.to_bytes())).collect();
                     let batch: Vec<_> = p.a.sessions(&addrs).unwrap().into_iter().map(|r| r.map(|r| r.to_bytes())).collect();
                     assert_eq!(one, batch);
+                    send_states_agree(&p.a, &addrs);
                     let jids: Vec<String> = (0..n).map(|i| format!("m{}@example.org", i % 5)).collect();
                     let mut ch = Changes::default();
                     ch.device_lists.push((p.ns, "m1@example.org".into(), vec![5, 3]));

@@ -7,7 +7,7 @@ use crate::{
     keys::{DeviceId, PublicKey},
     ledger::LedgerEntry,
     namespace::Namespace,
-    ratchet::SessionRecord,
+    ratchet::{SendState, SessionRecord},
     trust::TrustLevel,
 };
 
@@ -45,6 +45,12 @@ pub trait SessionStore {
     /// can do better than one query each).
     fn sessions(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SessionRecord>>, StoreError> {
         addrs.iter().map(|a| self.session(a)).collect()
+    }
+    /// What sending needs of each device's current session, in the order asked (`None`: no session).
+    /// A group send reads nothing else; a store that keeps records encoded reads it with
+    /// [`SendState::from_record_bytes`] instead of decoding whole records.
+    fn send_states(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SendState>>, StoreError> {
+        Ok(self.sessions(addrs)?.into_iter().map(|r| r.and_then(|r| r.send_state())).collect())
     }
 }
 

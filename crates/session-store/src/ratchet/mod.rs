@@ -7,6 +7,6 @@ mod state;
 pub(crate) use state::{open_0_3, open_v2, seal_0_3, seal_v2};
 pub(crate) use state::{Incoming, PendingKeyExchange, ReceiverChain, SessionState};
 pub use state::{
-    LocalIdentity, SendStep, SessionRecord, HEARTBEAT_AFTER, MAX_ARCHIVED_STATES, MAX_MESSAGE_GAP, MAX_SKIPPED_KEYS,
-    STALE_AFTER,
+    LocalIdentity, SendState, SendStep, SessionRecord, HEARTBEAT_AFTER, MAX_ARCHIVED_STATES, MAX_MESSAGE_GAP,
+    MAX_SKIPPED_KEYS, STALE_AFTER,
 };

@@ -271,57 +271,29 @@ fn key_on_chain(
     Ok(seed)
 }
 
+/// OMEMO 2 associated data: initiator's ‖ responder's Ed25519 identity key.
+fn associated_v2(initiator: bool, theirs: Option<[u8; 32]>, our: &LocalIdentity) -> Result<[u8; 64], SessionError> {
+    let theirs = theirs.ok_or(SessionError::Internal("OMEMO 2 session without Ed25519 key"))?;
+    let (first, second) = if initiator { (our.ed25519, theirs) } else { (theirs, our.ed25519) };
+    let mut ad = [0u8; 64];
+    ad[..32].copy_from_slice(&first);
+    ad[32..].copy_from_slice(&second);
+    Ok(ad)
+}
+
 impl SessionState {
     /// OMEMO 2 associated data: initiator's ‖ responder's Ed25519 identity key, in both directions.
     fn associated_v2(&self, our: &LocalIdentity) -> Result<[u8; 64], SessionError> {
-        let theirs =
-            self.remote_identity_ed25519.ok_or(SessionError::Internal("OMEMO 2 session without Ed25519 key"))?;
-        let (first, second) = if self.initiator { (our.ed25519, theirs) } else { (theirs, our.ed25519) };
-        let mut ad = [0u8; 64];
-        ad[..32].copy_from_slice(&first);
-        ad[32..].copy_from_slice(&second);
-        Ok(ad)
+        associated_v2(self.initiator, self.remote_identity_ed25519, our)
     }
 
     /// Encrypts `plaintext` (the key material) as a key element of the session's namespace, wrapped in the
     /// key exchange while the peer has not answered. Advances the sending chain.
     pub(crate) fn encrypt(&mut self, our: &LocalIdentity, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
-        let keys = self.sender_chain.message_key_seed().expand(self.ns);
-        let next = self.sender_chain.next().ok_or(SessionError::Internal("sending chain exhausted"))?;
-        let ratchet = self.sender_ratchet.public;
-        let out = match self.ns {
-            Namespace::Oldmemo => {
-                let msg =
-                    seal_0_3(&keys, &ratchet, self.previous_counter, &our.curve, &self.remote_identity, plaintext);
-                match &self.pending {
-                    Some(p) => PreKeySignalMessage {
-                        pre_key_id: p.pre_key_id,
-                        signed_pre_key_id: p.signed_pre_key_id,
-                        base_key: self.base_key,
-                        identity_key: our.curve,
-                        message: msg,
-                    }
-                    .encode(),
-                    None => msg,
-                }
-            }
-            Namespace::Twomemo => {
-                let ad = self.associated_v2(our)?;
-                let msg = seal_v2(&keys, &ratchet, self.previous_counter, &ad, plaintext);
-                match &self.pending {
-                    Some(p) => KeyExchange::encode(
-                        p.pre_key_id.ok_or(SessionError::Internal("OMEMO 2 key exchange without pre-key"))?,
-                        p.signed_pre_key_id,
-                        &our.ed25519,
-                        &self.base_key,
-                        &msg,
-                    )?,
-                    None => msg,
-                }
-            }
-        };
-        self.sender_chain = next;
-        self.sent_since_receive = self.sent_since_receive.saturating_add(1);
+        let mut send = SendState::of(self);
+        let (out, _) = send.encrypt(our, plaintext)?;
+        self.sender_chain = send.sender_chain.clone();
+        self.sent_since_receive = send.sent_since_receive;
         self.received_since_send = 0;
         Ok(out)
     }
@@ -435,6 +407,165 @@ impl SendStep {
     pub fn index(&self) -> u32 {
         self.index
     }
+
+    /// A step applies only to the sending chain of its ratchet key, and never moves it back; anything
+    /// else means the store is inconsistent.
+    fn check(&self, ratchet: &PublicKey, chain: &ChainKey) -> Result<(), crate::StoreError> {
+        if *ratchet.as_bytes() != self.ratchet {
+            return Err(crate::StoreError::Corrupt("session step of another sending chain"));
+        }
+        if self.index < chain.index {
+            return Err(crate::StoreError::Corrupt("session step behind its record"));
+        }
+        Ok(())
+    }
+}
+
+/// What sending needs of a session's current state, and nothing more: no root key, no ratchet private
+/// key, no receiving chains or skipped keys. A group send reads this for every device
+/// ([`crate::SessionStore::send_states`]), which a store decodes from a stored record without
+/// allocating, wraps the message key with it, and persists the [`SendStep`] it ends with.
+#[derive(Clone)]
+pub struct SendState {
+    pub(crate) ns: Namespace,
+    pub(crate) remote_identity: PublicKey,
+    pub(crate) remote_identity_ed25519: Option<[u8; 32]>,
+    pub(crate) initiator: bool,
+    pub(crate) base_key: PublicKey,
+    pub(crate) sender_ratchet: PublicKey,
+    /// Zeroized on drop (its own `ZeroizeOnDrop`).
+    pub(crate) sender_chain: ChainKey,
+    pub(crate) previous_counter: u32,
+    pub(crate) pending: Option<PendingKeyExchange>,
+    pub(crate) received_since_send: u32,
+    pub(crate) sent_since_receive: u32,
+}
+
+impl fmt::Debug for SendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendState")
+            .field("ns", &self.ns)
+            .field("remote_identity", &self.remote_identity)
+            .field("sent", &self.sender_chain.index())
+            .field("pending_key_exchange", &self.pending.is_some())
+            .field("sent_since_receive", &self.sent_since_receive)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SendState {
+    pub(crate) fn of(s: &SessionState) -> Self {
+        Self {
+            ns: s.ns,
+            remote_identity: s.remote_identity,
+            remote_identity_ed25519: s.remote_identity_ed25519,
+            initiator: s.initiator,
+            base_key: s.base_key,
+            sender_ratchet: s.sender_ratchet.public,
+            sender_chain: s.sender_chain.clone(),
+            previous_counter: s.previous_counter,
+            pending: s.pending.clone(),
+            received_since_send: s.received_since_send,
+            sent_since_receive: s.sent_since_receive,
+        }
+    }
+
+    /// The session's namespace.
+    pub fn namespace(&self) -> Namespace {
+        self.ns
+    }
+
+    /// The peer's identity key.
+    pub fn remote_identity(&self) -> PublicKey {
+        self.remote_identity
+    }
+
+    /// Will the next message be a key exchange (the peer has not answered on this session yet)?
+    pub fn pending_key_exchange(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Has the device not answered [`STALE_AFTER`] of our messages?
+    pub fn is_stale(&self) -> bool {
+        self.sent_since_receive >= STALE_AFTER
+    }
+
+    /// Encrypts `plaintext` (the key material) as a key element of the session's namespace, wrapped in
+    /// the key exchange while the peer has not answered; returns the bytes and whether they are a key
+    /// exchange. Advances the sending chain (see [`SendState::step`]).
+    pub fn encrypt(&mut self, our: &LocalIdentity, plaintext: &[u8]) -> Result<(Vec<u8>, bool), SessionError> {
+        let keys = self.sender_chain.message_key_seed().expand(self.ns);
+        let next = self.sender_chain.next().ok_or(SessionError::Internal("sending chain exhausted"))?;
+        let ratchet = self.sender_ratchet;
+        let out = match self.ns {
+            Namespace::Oldmemo => {
+                let msg =
+                    seal_0_3(&keys, &ratchet, self.previous_counter, &our.curve, &self.remote_identity, plaintext);
+                match &self.pending {
+                    Some(p) => PreKeySignalMessage {
+                        pre_key_id: p.pre_key_id,
+                        signed_pre_key_id: p.signed_pre_key_id,
+                        base_key: self.base_key,
+                        identity_key: our.curve,
+                        message: msg,
+                    }
+                    .encode(),
+                    None => msg,
+                }
+            }
+            Namespace::Twomemo => {
+                let ad = associated_v2(self.initiator, self.remote_identity_ed25519, our)?;
+                let msg = seal_v2(&keys, &ratchet, self.previous_counter, &ad, plaintext);
+                match &self.pending {
+                    Some(p) => KeyExchange::encode(
+                        p.pre_key_id.ok_or(SessionError::Internal("OMEMO 2 key exchange without pre-key"))?,
+                        p.signed_pre_key_id,
+                        &our.ed25519,
+                        &self.base_key,
+                        &msg,
+                    )?,
+                    None => msg,
+                }
+            }
+        };
+        self.sender_chain = next;
+        self.sent_since_receive = self.sent_since_receive.saturating_add(1);
+        self.received_since_send = 0;
+        Ok((out, self.pending.is_some()))
+    }
+
+    /// Field-by-field equality, for the tests and fuzz targets (not in constant time: never use it to
+    /// decide anything an attacker can time).
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        self.ns == other.ns
+            && self.remote_identity == other.remote_identity
+            && self.remote_identity_ed25519 == other.remote_identity_ed25519
+            && self.initiator == other.initiator
+            && self.base_key == other.base_key
+            && self.previous_counter == other.previous_counter
+            && self.pending == other.pending
+            && self.received_since_send == other.received_since_send
+            && self.step() == other.step()
+    }
+
+    /// The sending chain as it is now, to be persisted as a delta of the stored record.
+    pub fn step(&self) -> SendStep {
+        SendStep {
+            ratchet: *self.sender_ratchet.as_bytes(),
+            chain_key: self.sender_chain.key,
+            index: self.sender_chain.index,
+            sent_since_receive: self.sent_since_receive,
+        }
+    }
+
+    /// Applies a stored [`SendStep`] (the same checks as [`SessionRecord::apply_step`]).
+    pub fn apply_step(&mut self, step: &SendStep) -> Result<(), crate::StoreError> {
+        step.check(&self.sender_ratchet, &self.sender_chain)?;
+        self.sender_chain = ChainKey { key: step.chain_key, index: step.index };
+        self.sent_since_receive = step.sent_since_receive;
+        self.received_since_send = 0;
+        Ok(())
+    }
 }
 
 /// All session states with one device: the current one and up to [`MAX_ARCHIVED_STATES`] earlier ones.
@@ -482,24 +613,19 @@ impl SessionRecord {
     /// The current state's sending chain as it is now: what [`SessionRecord::encrypt`] changed, to be
     /// persisted as a delta.
     pub fn send_step(&self) -> Option<SendStep> {
-        self.current.as_ref().map(|s| SendStep {
-            ratchet: *s.sender_ratchet.public.as_bytes(),
-            chain_key: s.sender_chain.key,
-            index: s.sender_chain.index,
-            sent_since_receive: s.sent_since_receive,
-        })
+        self.current.as_ref().map(|s| SendState::of(s).step())
+    }
+
+    /// What sending needs of the current state.
+    pub fn send_state(&self) -> Option<SendState> {
+        self.current.as_ref().map(SendState::of)
     }
 
     /// Applies a stored [`SendStep`] to the current state. It must belong to that state's sending
     /// ratchet key and must not move the chain back; anything else means the store is inconsistent.
     pub fn apply_step(&mut self, step: &SendStep) -> Result<(), crate::StoreError> {
         let state = self.current.as_mut().ok_or(crate::StoreError::Corrupt("session step without a session"))?;
-        if *state.sender_ratchet.public.as_bytes() != step.ratchet {
-            return Err(crate::StoreError::Corrupt("session step of another sending chain"));
-        }
-        if step.index < state.sender_chain.index {
-            return Err(crate::StoreError::Corrupt("session step behind its record"));
-        }
+        step.check(&state.sender_ratchet.public, &state.sender_chain)?;
         state.sender_chain = ChainKey { key: step.chain_key, index: step.index };
         state.sent_since_receive = step.sent_since_receive;
         state.received_since_send = 0;
