@@ -20,7 +20,7 @@ use session_store::{
 };
 
 use crate::{
-    encrypt::{elements_and_eme, recipient_devices, KeyElements, NamespaceChoice},
+    encrypt::{recipient_devices, KeyElements, NamespaceChoice},
     error::EncryptError,
     payload,
     xml::{sce, stanza},
@@ -162,9 +162,9 @@ impl GroupMessage {
     }
 }
 
-/// The result of the per-device step: the key element (and whether it is a key exchange) and the
+/// The result of the per-device step: the `<key>` element (and whether it is a key exchange) and the
 /// session's advanced sending chain, or why not; and whether the session was built in this send.
-type Wrapped = (SessionAddress, Result<(Vec<u8>, bool, session_store::SendStep), SessionError>, bool);
+type Wrapped = (SessionAddress, Result<(Element, bool, session_store::SendStep), SessionError>, bool);
 
 /// Step 1: the recipients, their devices, and what to fetch before encrypting.
 pub fn plan_group_message(store: &impl Store, room: &Room, choice: NamespaceChoice) -> Result<GroupPlan, GroupError> {
@@ -340,8 +340,8 @@ pub fn encrypt_group_message(
         payload::encrypt_v2(String::from(&env).as_bytes(), rng)
     });
 
-    // The per-device step, in parallel, on owned copies of what sending needs of each session; each
-    // comes back with its advanced sending chain (a delta of the stored record).
+    // The per-device step, in parallel, on owned copies of what sending needs of each session: the
+    // wrapped key as its `<key>` element, and the advanced sending chain (a delta of the stored record).
     let our = account.local_identity();
     let wrapped: Vec<Wrapped> = work
         .into_par_iter()
@@ -350,18 +350,24 @@ pub fn encrypt_group_message(
                 Namespace::Oldmemo => old.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
                 _ => new.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
             };
-            let out = state.encrypt(&our, secret).map(|(data, kex)| (data, kex, state.step()));
+            let out = state.encrypt(&our, secret).map(|(data, kex)| {
+                let key = match addr.namespace {
+                    Namespace::Oldmemo => crate::xml::v0_3::key_element(addr.device, kex, &data),
+                    _ => crate::xml::v2::key_element(addr.device, kex.then_some(true), &data),
+                };
+                (key, kex, state.step())
+            });
             (addr, out, fresh)
         })
         .collect();
 
-    let mut keys = KeyElements::default();
+    let mut keys = KeyElements::<Element, Element>::default();
     // A session built in this send is stored whole, with its step applied; a stored one as the step.
     let built_at: std::collections::HashMap<SessionAddress, usize> =
         changes.sessions.iter().enumerate().map(|(i, (a, _))| (a.clone(), i)).collect();
     for (addr, out, fresh) in wrapped {
         match out {
-            Ok((data, kex, step)) => {
+            Ok((key, kex, step)) => {
                 if fresh {
                     let record = built_at.get(&addr).and_then(|&i| changes.sessions.get_mut(i)).map(|(_, r)| r);
                     match record.map(|r| r.apply_step(&step)) {
@@ -375,7 +381,10 @@ pub fn encrypt_group_message(
                 } else {
                     changes.session_steps.push((addr.clone(), step));
                 }
-                keys.push(&addr, data, kex);
+                match addr.namespace {
+                    Namespace::Oldmemo => keys.push_old(key),
+                    _ => keys.push_new(&addr.jid, key),
+                }
                 coverage.keyed.push((addr, kex));
             }
             Err(e) => coverage.devices_left_out.push((addr, Left::SessionFailed(e.to_string()))),
@@ -383,9 +392,11 @@ pub fn encrypt_group_message(
     }
 
     let id = stanza::new_message_id(rng);
-    let (oldmemo, twomemo) =
-        keys.finish(account.device_id, old.map(|p| (p.iv, Some(p.ciphertext))), new.map(|p| Some(p.ciphertext)));
-    let (elements, eme) = elements_and_eme(oldmemo.as_ref(), twomemo.as_ref());
+    let (elements, eme) = keys.finish_elements(
+        account.device_id,
+        old.as_ref().map(|p| (p.iv, &p.ciphertext[..])),
+        new.as_ref().map(|p| &p.ciphertext[..]),
+    );
     let headers = stanza::MessageHeaders {
         to: Some(room.jid().to_owned()),
         groupchat: true,

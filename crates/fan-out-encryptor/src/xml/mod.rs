@@ -142,10 +142,22 @@ fn escaped_len(s: &str) -> usize {
 /// (everything this crate builds). A group message checks its size budget with this, and writes the
 /// stanza only when the bound is over the budget.
 pub fn size_bound(e: &Element) -> usize {
+    bound_within(e, None, WIDE)
+}
+
+/// From this many child elements on, [`size_bound`] sums the children in parallel (a group message's
+/// `<header>` holds one per recipient JID or device).
+const WIDE: usize = 256;
+
+/// [`size_bound`] of `e` inside an element of namespace `scope`. Iterative; the children of an element
+/// with at least `wide` of them are summed in parallel (each with its own walk), so the recursion is only as deep as wide
+/// elements are nested.
+fn bound_within(e: &Element, scope: Option<&str>, wide: usize) -> usize {
+    use rayon::prelude::*;
     // The namespaces met so far; the stack holds (element, index of the namespace in scope around it).
-    let mut namespaces: Vec<String> = Vec::new();
+    let mut namespaces: Vec<String> = scope.map(str::to_owned).into_iter().collect();
     let mut total = 0;
-    let mut stack: Vec<(&Element, Option<usize>)> = vec![(e, None)];
+    let mut stack: Vec<(&Element, Option<usize>)> = vec![(e, scope.map(|_| 0))];
     while let Some((el, parent)) = stack.pop() {
         let name = el.name().len();
         // `<name` + `>` + `</name>`
@@ -167,11 +179,14 @@ pub fn size_bound(e: &Element) -> usize {
                 total += 2 * 16 + " xmlns:=''".len() + escaped_len(ns.as_str());
             }
         }
-        for node in el.nodes() {
-            match node {
-                minidom::Node::Element(child) => stack.push((child, Some(own))),
-                minidom::Node::Text(t) => total += escaped_len(t),
-            }
+        let texts: usize = el.texts().map(escaped_len).sum();
+        total += texts;
+        if el.children().nth(wide.saturating_sub(1)).is_some() {
+            let ns = namespaces.get(own).map(String::as_str);
+            let children: Vec<&Element> = el.children().collect();
+            total += children.par_iter().map(|c| bound_within(c, ns, wide)).sum::<usize>();
+        } else {
+            stack.extend(el.children().map(|c| (c, Some(own))));
         }
     }
     total
@@ -213,11 +228,28 @@ mod tests {
             "v".to_owned(),
         );
         cases.push(odd);
+        // Wide elements (summed in parallel): children in the parent's namespace, in another one, and
+        // wide elements nested in wide elements.
+        for child_ns in ["urn:xmpp:omemo:2", "urn:example:other"] {
+            let mut header = Element::bare("header", "urn:xmpp:omemo:2");
+            for i in 0..(WIDE + 44) {
+                let mut keys = Element::builder("keys", child_ns).attr(attr_name("jid"), format!("m{i}@example.org"));
+                for d in 0..if i == 7 { WIDE + 1 } else { 2 } {
+                    keys = keys
+                        .append(Element::builder("key", child_ns).attr(attr_name("rid"), d.to_string()).append("a&b"));
+                }
+                header.append_child(keys.build());
+            }
+            header.append_text_node("x<y");
+            cases.push(Element::builder("message", "jabber:client").append(header).build());
+        }
         for e in &cases {
             let exact = String::from(e).len();
             let bound = size_bound(e);
             assert!(bound >= exact, "bound {bound} < {exact}: {}", String::from(e));
             assert!(bound <= exact * 2 + 200, "bound {bound} far above {exact}");
+            // Summed in parallel or in one walk: the same bound.
+            assert_eq!(bound, bound_within(e, None, usize::MAX));
         }
     }
 }

@@ -84,20 +84,32 @@ pub fn bundle(b: &PreKeyBundle) -> Element {
 /// Builds the `<encrypted>` element, directly (the hot path of a group message). `prekey` is written
 /// only when true, as libsignal clients do.
 pub fn encrypted(enc: Encrypted) -> Element {
+    let keys = enc.header.keys.iter().map(|k| key_element(k.rid, k.prekey, &k.data)).collect();
+    encrypted_element(enc.header.sid, keys, &enc.header.iv.data, enc.payload.as_ref().map(|p| &p.data[..]))
+}
+
+/// A `<key rid prekey?>` element (the group send builds them in parallel).
+pub fn key_element(rid: DeviceId, prekey: bool, data: &[u8]) -> Element {
+    use base64::Engine as _;
+    let mut key = Element::builder("key", NS).attr(super::attr_name("rid"), rid.to_string());
+    if prekey {
+        key = key.attr(super::attr_name("prekey"), "true");
+    }
+    key.append(base64::engine::general_purpose::STANDARD.encode(data)).build()
+}
+
+/// `<encrypted>` from key elements (see [`key_element`]), the IV and the payload, if any.
+pub fn encrypted_element(sid: DeviceId, keys: Vec<Element>, iv: &[u8], payload: Option<&[u8]>) -> Element {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut header = Element::builder("header", NS).attr(super::attr_name("sid"), enc.header.sid.to_string()).build();
-    for k in &enc.header.keys {
-        let mut key = Element::builder("key", NS).attr(super::attr_name("rid"), k.rid.to_string());
-        if k.prekey {
-            key = key.attr(super::attr_name("prekey"), "true");
-        }
-        header.append_child(key.append(b64.encode(&k.data)).build());
+    let mut header = Element::builder("header", NS).attr(super::attr_name("sid"), sid.to_string()).build();
+    for key in keys {
+        header.append_child(key);
     }
-    header.append_child(Element::builder("iv", NS).append(b64.encode(&enc.header.iv.data)).build());
+    header.append_child(Element::builder("iv", NS).append(b64.encode(iv)).build());
     let mut out = Element::builder("encrypted", NS).append(header).build();
-    if let Some(p) = &enc.payload {
-        out.append_child(Element::builder("payload", NS).append(b64.encode(&p.data)).build());
+    if let Some(p) = payload {
+        out.append_child(Element::builder("payload", NS).append(b64.encode(p)).build());
     }
     out
 }

@@ -238,30 +238,47 @@ pub fn bundle(b: &PreKeyBundle) -> Option<Element> {
     )
 }
 
+/// A `<key rid kex?>` element (what [`Key`] becomes; the group send builds them in parallel).
+pub fn key_element(rid: DeviceId, kex: Option<bool>, data: &[u8]) -> Element {
+    use base64::Engine as _;
+    let mut key = Element::builder("key", NS).attr(super::attr_name("rid"), rid.to_string());
+    if let Some(kex) = kex {
+        key = key.attr(super::attr_name("kex"), if kex { "true" } else { "false" });
+    }
+    key.append(base64::engine::general_purpose::STANDARD.encode(data)).build()
+}
+
+/// `<encrypted>` from key elements grouped per bare JID (see [`key_element`]) and the payload, if any.
+pub fn encrypted_element(sid: DeviceId, groups: Vec<(String, Vec<Element>)>, payload: Option<&[u8]>) -> Element {
+    use base64::Engine as _;
+    let mut header = Element::builder("header", NS).attr(super::attr_name("sid"), sid.to_string()).build();
+    for (jid, keys) in groups {
+        let mut group = Element::builder("keys", NS).attr(super::attr_name("jid"), jid).build();
+        for key in keys {
+            group.append_child(key);
+        }
+        header.append_child(group);
+    }
+    let mut out = Element::builder("encrypted", NS).append(header).build();
+    if let Some(p) = payload {
+        out.append_child(
+            Element::builder("payload", NS).append(base64::engine::general_purpose::STANDARD.encode(p)).build(),
+        );
+    }
+    out
+}
+
 impl Encrypted {
     /// The element, built directly (the same element `Element::from` gives, several times faster: this
     /// is the hot path of a group message with thousands of keys).
     pub fn to_element(&self) -> Element {
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let mut header =
-            Element::builder("header", NS).attr(super::attr_name("sid"), self.header.sid.to_string()).build();
-        for group in &self.header.keys {
-            let mut keys = Element::builder("keys", NS).attr(super::attr_name("jid"), group.jid.as_str()).build();
-            for k in &group.keys {
-                let mut key = Element::builder("key", NS).attr(super::attr_name("rid"), k.rid.to_string());
-                if let Some(kex) = k.kex {
-                    key = key.attr(super::attr_name("kex"), if kex { "true" } else { "false" });
-                }
-                keys.append_child(key.append(b64.encode(&k.data)).build());
-            }
-            header.append_child(keys);
-        }
-        let mut out = Element::builder("encrypted", NS).append(header).build();
-        if let Some(p) = &self.payload {
-            out.append_child(Element::builder("payload", NS).append(b64.encode(&p.data)).build());
-        }
-        out
+        let groups = self
+            .header
+            .keys
+            .iter()
+            .map(|g| (g.jid.clone(), g.keys.iter().map(|k| key_element(k.rid, k.kex, &k.data)).collect()))
+            .collect();
+        encrypted_element(self.header.sid, groups, self.payload.as_ref().map(|p| &p.data[..]))
     }
 }
 
