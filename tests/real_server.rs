@@ -103,12 +103,16 @@ async fn client(p: &Prosody, user: &str, store: &Path, ns: NamespaceSet) -> (Ome
             .unwrap();
     let mut config = Config::new("conference.localhost");
     config.namespaces = ns;
+    // A real server on a loaded two-core machine (CI runs everything at once) can take longer than
+    // the default 15 s to answer a join or an IQ; a timeout here would be a flake, not a finding.
+    config.iq_timeout = Duration::from_secs(45);
+    config.join_timeout = Duration::from_secs(45);
     let (driver, events, _) = OmemoMuc::start(conn, SqliteStore::open(store).unwrap(), config).await.unwrap();
     (driver, events)
 }
 
 async fn next<T>(rx: &mut UnboundedReceiver<Event>, what: &str, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
     loop {
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(e)) => {
@@ -118,7 +122,7 @@ async fn next<T>(rx: &mut UnboundedReceiver<Event>, what: &str, mut pick: impl F
                 }
             }
             Ok(None) => panic!("{what}: the driver stopped"),
-            Err(_) => panic!("{what}: nothing within 20 s"),
+            Err(_) => panic!("{what}: nothing within 45 s"),
         }
     }
 }
