@@ -108,7 +108,7 @@ impl EncryptedMessage {
 
     /// The namespace the EME element names: OMEMO 2 when present.
     pub fn eme_namespace(&self) -> &'static str {
-        elements_and_eme(None, self.twomemo.as_ref()).1
+        eme_of(self.twomemo.is_some())
     }
 }
 
@@ -194,18 +194,13 @@ impl KeyElements<Element, Element> {
         old: Option<([u8; 12], &[u8])>,
         new: Option<&[u8]>,
     ) -> (Vec<Element>, &'static str) {
-        let mut out = Vec::new();
-        let twomemo = match new {
-            Some(ciphertext) if !self.new.is_empty() => {
-                out.push(crate::xml::v2::encrypted_element(sid, self.new, Some(ciphertext)));
-                true
-            }
-            _ => false,
-        };
-        if let Some((iv, ciphertext)) = old.filter(|_| !self.old.is_empty()) {
-            out.push(crate::xml::v0_3::encrypted_element(sid, self.old, &iv, Some(ciphertext)));
-        }
-        (out, if twomemo { Namespace::Twomemo.xmlns() } else { Namespace::Oldmemo.xmlns() })
+        let twomemo = new
+            .filter(|_| !self.new.is_empty())
+            .map(|ciphertext| crate::xml::v2::encrypted_element(sid, self.new, Some(ciphertext)));
+        let oldmemo = old
+            .filter(|_| !self.old.is_empty())
+            .map(|(iv, ciphertext)| crate::xml::v0_3::encrypted_element(sid, self.old, &iv, Some(ciphertext)));
+        in_order(twomemo, oldmemo)
     }
 }
 
@@ -215,15 +210,22 @@ pub(crate) fn elements_and_eme(
     oldmemo: Option<&legacy_omemo::Encrypted>,
     twomemo: Option<&v2::Encrypted>,
 ) -> (Vec<Element>, &'static str) {
-    let mut out = Vec::new();
-    if let Some(e) = twomemo {
-        out.push(e.to_element());
+    in_order(twomemo.map(v2::Encrypted::to_element), oldmemo.map(|e| crate::xml::v0_3::encrypted(e.clone())))
+}
+
+/// The `<encrypted>` elements in the order they are sent (OMEMO 2 first) and the namespace the EME names.
+fn in_order(twomemo: Option<Element>, oldmemo: Option<Element>) -> (Vec<Element>, &'static str) {
+    let eme = eme_of(twomemo.is_some());
+    (twomemo.into_iter().chain(oldmemo).collect(), eme)
+}
+
+/// The namespace the EME element names: OMEMO 2 when the message carries it.
+fn eme_of(twomemo: bool) -> &'static str {
+    if twomemo {
+        Namespace::Twomemo.xmlns()
+    } else {
+        Namespace::Oldmemo.xmlns()
     }
-    if let Some(e) = oldmemo {
-        out.push(crate::xml::v0_3::encrypted(e.clone()));
-    }
-    let eme = if twomemo.is_some() { Namespace::Twomemo.xmlns() } else { Namespace::Oldmemo.xmlns() };
-    (out, eme)
 }
 
 /// The devices a message to `jids` goes to, each with its namespace: the active devices of each JID's

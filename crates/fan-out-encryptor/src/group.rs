@@ -163,8 +163,9 @@ impl GroupMessage {
 }
 
 /// The result of the per-device step: the `<key>` element (and whether it is a key exchange) and the
-/// session's advanced sending chain, or why not; and whether the session was built in this send.
-type Wrapped = (SessionAddress, Result<(Element, bool, session_store::SendStep), SessionError>, bool);
+/// session's advanced sending chain, or why not; and, for a session built in this send, its index in the
+/// change set's sessions.
+type Wrapped = (SessionAddress, Result<(Element, bool, session_store::SendStep), SessionError>, Option<usize>);
 
 /// Step 1: the recipients, their devices, and what to fetch before encrypting.
 pub fn plan_group_message(store: &impl Store, room: &Room, choice: NamespaceChoice) -> Result<GroupPlan, GroupError> {
@@ -181,13 +182,13 @@ fn load_plan(
     let jids: Vec<String> = recipients.included.iter().cloned().collect();
     let (devices, need_device_lists) = recipient_devices(store, &jids, choice)?;
     let mut need_bundles = Vec::new();
-    let records = store.send_states(&devices)?;
-    for (addr, record) in devices.iter().zip(records.iter()) {
-        if record.is_none() {
+    let states = store.send_states(&devices)?;
+    for (addr, state) in devices.iter().zip(states.iter()) {
+        if state.is_none() {
             need_bundles.push(addr.clone());
         }
     }
-    Ok((GroupPlan { recipients, devices, need_bundles, need_device_lists }, records))
+    Ok((GroupPlan { recipients, devices, need_bundles, need_device_lists }, states))
 }
 
 /// Step 2: encrypts `body` for the room. `bundles` answers the plan's `need_bundles` (a device missing
@@ -268,19 +269,21 @@ pub fn encrypt_group_message(
     // The records to wrap for, trust checked; read serially (a store need not be shared between threads).
     let left_out: std::collections::HashSet<SessionAddress> =
         coverage.devices_left_out.iter().map(|(a, _)| a.clone()).collect();
-    // (address, session, built from a bundle in this send, its identity key)
-    let mut candidates: Vec<(&SessionAddress, SendState, bool, session_store::PublicKey)> =
-        Vec::with_capacity(plan.devices.len());
-    let built_now: std::collections::HashMap<&SessionAddress, &SessionRecord> =
-        changes.sessions.iter().map(|(a, r)| (a, r)).collect();
-    for (addr, record) in plan.devices.iter().zip(loaded) {
+    // (address, session, index in `changes.sessions` of a session built from a bundle in this send)
+    let mut candidates: Vec<(&SessionAddress, SendState, Option<usize>)> = Vec::with_capacity(plan.devices.len());
+    let built_now: std::collections::HashMap<&SessionAddress, usize> =
+        changes.sessions.iter().enumerate().map(|(i, (a, _))| (a, i)).collect();
+    for (addr, state) in plan.devices.iter().zip(loaded) {
         if left_out.contains(addr) {
             continue;
         }
         // A session built from a bundle just now is in the change set.
-        let (state, fresh) = match record {
-            Some(r) => (Some(r), false),
-            None => (built_now.get(addr).and_then(|r| r.send_state()), true),
+        let (state, fresh) = match state {
+            Some(s) => (Some(s), None),
+            None => {
+                let at = built_now.get(addr).copied();
+                (at.and_then(|i| changes.sessions.get(i)).and_then(|(_, r)| r.send_state()), at)
+            }
         };
         let Some(state) = state else {
             coverage.devices_left_out.push((addr.clone(), Left::NoBundle("no session".into())));
@@ -290,22 +293,21 @@ pub fn encrypt_group_message(
             coverage.devices_left_out.push((addr.clone(), Left::Stale));
             continue;
         }
-        let key = state.remote_identity();
-        candidates.push((addr, state, fresh, key));
+        candidates.push((addr, state, fresh));
     }
     // Trust: what the change set decides (the last word per key wins), else the store's, read at once.
     let trust_now: std::collections::HashMap<(&str, [u8; 32]), TrustLevel> =
         changes.trust.iter().map(|(j, k, t)| ((j.as_str(), *k.as_bytes()), *t)).collect();
     let keys: Vec<(&str, session_store::PublicKey)> =
-        candidates.iter().map(|(a, _, _, k)| (a.jid.as_str(), *k)).collect();
+        candidates.iter().map(|(a, s, _)| (a.jid.as_str(), s.remote_identity())).collect();
     let stored_trust = store.trusts(&keys)?;
-    let mut work: Vec<(SessionAddress, SendState, bool)> = Vec::with_capacity(candidates.len());
-    for ((addr, record, fresh, key), stored) in candidates.into_iter().zip(stored_trust) {
-        let trust = trust_now.get(&(addr.jid.as_str(), *key.as_bytes())).copied().or(stored);
+    let mut work: Vec<(SessionAddress, SendState, Option<usize>)> = Vec::with_capacity(candidates.len());
+    for ((addr, state, fresh), stored) in candidates.into_iter().zip(stored_trust) {
+        let trust = trust_now.get(&(addr.jid.as_str(), *state.remote_identity().as_bytes())).copied().or(stored);
         match trust.unwrap_or(TrustLevel::Undecided) {
             TrustLevel::Distrusted => coverage.devices_left_out.push((addr.clone(), Left::Distrusted)),
             t if !t.may_encrypt() => coverage.devices_left_out.push((addr.clone(), Left::Undecided)),
-            _ => work.push((addr.clone(), record, fresh)),
+            _ => work.push((addr.clone(), state, fresh)),
         }
     }
 
@@ -363,23 +365,16 @@ pub fn encrypt_group_message(
 
     let mut keys = KeyElements::<Element, Element>::default();
     // A session built in this send is stored whole, with its step applied; a stored one as the step.
-    let built_at: std::collections::HashMap<SessionAddress, usize> =
-        changes.sessions.iter().enumerate().map(|(i, (a, _))| (a.clone(), i)).collect();
     for (addr, out, fresh) in wrapped {
         match out {
             Ok((key, kex, step)) => {
-                if fresh {
-                    let record = built_at.get(&addr).and_then(|&i| changes.sessions.get_mut(i)).map(|(_, r)| r);
-                    match record.map(|r| r.apply_step(&step)) {
-                        Some(Ok(())) => {}
-                        Some(Err(e)) => return Err(e.into()),
-                        None => {
-                            let lost = SessionError::Internal("session built in this send is not in the change set");
-                            return Err(EncryptError::Session(lost).into());
-                        }
+                match fresh.map(|i| changes.sessions.get_mut(i).map(|(_, r)| r.apply_step(&step))) {
+                    None => changes.session_steps.push((addr.clone(), step)),
+                    Some(Some(applied)) => applied?,
+                    Some(None) => {
+                        let lost = SessionError::Internal("session built in this send is not in the change set");
+                        return Err(EncryptError::Session(lost).into());
                     }
-                } else {
-                    changes.session_steps.push((addr.clone(), step));
                 }
                 match addr.namespace {
                     Namespace::Oldmemo => keys.push_old(key),

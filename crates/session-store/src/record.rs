@@ -171,6 +171,15 @@ fn state_to(s: &SessionState) -> StateProto {
     }
 }
 
+/// A stored state's namespace code, checked: an OMEMO 2 state must carry the peer's Ed25519 key.
+fn namespace_of(code: u32, has_ed25519: bool) -> Result<Namespace, StoreError> {
+    let ns = u8::try_from(code).ok().and_then(Namespace::from_code).ok_or(StoreError::Corrupt("namespace"))?;
+    if ns == Namespace::Twomemo && !has_ed25519 {
+        return Err(StoreError::Corrupt("OMEMO 2 session without Ed25519 identity"));
+    }
+    Ok(ns)
+}
+
 fn state_from(p: &StateProto) -> Result<SessionState, StoreError> {
     if p.skipped.len() > MAX_SKIPPED_KEYS {
         return Err(StoreError::Corrupt("too many skipped keys"));
@@ -184,12 +193,9 @@ fn state_from(p: &StateProto) -> Result<SessionState, StoreError> {
             MessageKeySeed { seed: arr(&k.seed, "skipped key")?, counter: k.counter },
         ));
     }
-    let ns = u8::try_from(p.ns).ok().and_then(Namespace::from_code).ok_or(StoreError::Corrupt("namespace"))?;
     let remote_identity_ed25519 =
         p.remote_identity_ed25519.as_deref().map(|k| arr(k, "remote Ed25519 identity")).transpose()?;
-    if ns == Namespace::Twomemo && remote_identity_ed25519.is_none() {
-        return Err(StoreError::Corrupt("OMEMO 2 session without Ed25519 identity"));
-    }
+    let ns = namespace_of(p.ns, remote_identity_ed25519.is_some())?;
     Ok(SessionState {
         received_since_send: p.received_since_send,
         sent_since_receive: p.sent_since_receive,
@@ -376,10 +382,7 @@ fn send_state_from(mut fields: Fields<'_>) -> Result<SendState, StoreError> {
     if !root_ok {
         return Err(StoreError::Corrupt("root key"));
     }
-    let ns = u8::try_from(ns).ok().and_then(Namespace::from_code).ok_or(StoreError::Corrupt("namespace"))?;
-    if ns == Namespace::Twomemo && ed25519.is_none() {
-        return Err(StoreError::Corrupt("OMEMO 2 session without Ed25519 identity"));
-    }
+    let ns = namespace_of(ns, ed25519.is_some())?;
     Ok(SendState {
         ns,
         remote_identity: PublicKey::from_bytes(remote.ok_or(StoreError::Corrupt("remote identity"))?),

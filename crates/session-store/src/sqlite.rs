@@ -296,14 +296,7 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
 
 impl<C: BorrowMut<Connection>> SessionStore for SqliteStore<C> {
     fn session(&self, addr: &SessionAddress) -> Result<Option<SessionRecord>, StoreError> {
-        let mut stmt = self.c().prepare_cached(
-            "SELECT s.record, t.step FROM omemo_session s LEFT JOIN omemo_session_step t \
-             USING (namespace, jid, device_id) WHERE s.namespace = ?1 AND s.jid = ?2 AND s.device_id = ?3",
-        )?;
-        let row: Option<(Vec<u8>, Option<Vec<u8>>)> = stmt
-            .query_row(params![addr.namespace.code(), addr.jid, addr.device], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        row.map(|(record, step)| record_with_step(&record, step.as_deref())).transpose()
+        Ok(self.session_rows(std::slice::from_ref(addr), record_with_step)?.pop().flatten())
     }
 
     fn sessions(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SessionRecord>>, StoreError> {

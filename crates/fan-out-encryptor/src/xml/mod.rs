@@ -150,8 +150,8 @@ pub fn size_bound(e: &Element) -> usize {
 const WIDE: usize = 256;
 
 /// [`size_bound`] of `e` inside an element of namespace `scope`. Iterative; the children of an element
-/// with at least `wide` of them are summed in parallel (each with its own walk), so the recursion is only as deep as wide
-/// elements are nested.
+/// with at least `wide` of them are summed in parallel (each with its own walk), so the recursion is
+/// only as deep as wide elements are nested.
 fn bound_within(e: &Element, scope: Option<&str>, wide: usize) -> usize {
     use rayon::prelude::*;
     // The namespaces met so far; the stack holds (element, index of the namespace in scope around it).
@@ -179,8 +179,7 @@ fn bound_within(e: &Element, scope: Option<&str>, wide: usize) -> usize {
                 total += 2 * 16 + " xmlns:=''".len() + escaped_len(ns.as_str());
             }
         }
-        let texts: usize = el.texts().map(escaped_len).sum();
-        total += texts;
+        total += el.texts().map(escaped_len).sum::<usize>();
         if el.children().nth(wide.saturating_sub(1)).is_some() {
             let ns = namespaces.get(own).map(String::as_str);
             let children: Vec<&Element> = el.children().collect();
