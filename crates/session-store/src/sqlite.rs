@@ -55,9 +55,22 @@ impl SqliteStore<Connection> {
     /// Opens (or creates) a database file that this store owns, in WAL mode.
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Switching a new file to WAL needs a lock that another connection opening the same file at that
+        // moment may hold, and SQLite reports that at once ("database is locked") instead of waiting:
+        // retried, for at most the busy timeout.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other?,
+            }
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
         Self::new(conn)
     }
 }
