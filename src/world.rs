@@ -431,6 +431,7 @@ impl<S: Storage> World<S> {
         let d = &mut self.devices[from];
         let msg = encrypt_group_message(&d.store, &d.room, text, &bundles, opts, self.now, &mut self.rng)?;
         let (stanza, coverage) = msg.commit(&mut d.store)?;
+        let stanza = stanza.to_element().map_err(|e| WorldError::Xml(e.to_string()))?;
         let index = self.post(from, text, &stanza)?;
         Ok((index, coverage))
     }

@@ -82,7 +82,7 @@ fn oracle_members_in_a_room_both_directions() {
         .unwrap();
     assert_eq!(msg.coverage.keyed.len(), 2);
     let (stanza, _) = msg.commit(&mut store).unwrap();
-    let text = String::from(&stanza);
+    let text = stanza.into_string();
     assert_eq!(text.matches("<encrypted").count(), 2, "one element per namespace");
     for (who, ns) in [(&bob, "twomemo"), (&carol, "oldmemo")] {
         let out = who.decrypt(&text, ALICE).unwrap_or_else(|e| panic!("{}: {e}", who.jid));
@@ -129,7 +129,7 @@ fn oracle_members_in_a_room_both_directions() {
         )
         .unwrap();
         let (stanza, _) = msg.commit(&mut store).unwrap();
-        let text = String::from(&stanza);
+        let text = stanza.into_string();
         for who in [&bob, &carol] {
             assert_eq!(who.decrypt(&text, ALICE).unwrap()["plaintext"], format!("alice {round}").as_str());
         }

@@ -1343,7 +1343,7 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
                 let msg = encrypt_group_message(store, &rs.room, &text, &bundles, &opts, now_secs(), rng)?;
                 let id = msg.id.clone();
                 let (stanza, coverage) = msg.commit(store)?;
-                Ok((stanza, id, coverage))
+                Ok((stanza.to_element()?, id, coverage))
             })
             .await??;
         self.send_stanza(stanza).await?;

@@ -185,22 +185,34 @@ impl KeyElements<legacy_omemo::Key, v2::Key> {
     }
 }
 
-impl KeyElements<Element, Element> {
-    /// The `<encrypted>` elements (OMEMO 2 first) and the namespace the EME names, as
-    /// [`KeyElements::finish`] then [`elements_and_eme`] give them, from elements built beforehand.
-    pub(crate) fn finish_elements(
+impl KeyElements<String, String> {
+    /// The `<encrypted>` elements (OMEMO 2 first) as text and the namespace the EME names, as
+    /// [`KeyElements::finish`] then [`elements_and_eme`] give them, from keys written as text beforehand
+    /// (`xml::v2::write_key`, `xml::v0_3::write_key`).
+    pub(crate) fn finish_text(
         self,
         sid: DeviceId,
         old: Option<([u8; 12], &[u8])>,
         new: Option<&[u8]>,
-    ) -> (Vec<Element>, &'static str) {
-        let twomemo = new
-            .filter(|_| !self.new.is_empty())
-            .map(|ciphertext| crate::xml::v2::encrypted_element(sid, self.new, Some(ciphertext)));
-        let oldmemo = old
-            .filter(|_| !self.old.is_empty())
-            .map(|(iv, ciphertext)| crate::xml::v0_3::encrypted_element(sid, self.old, &iv, Some(ciphertext)));
-        in_order(twomemo, oldmemo)
+    ) -> (String, &'static str) {
+        let new = new.filter(|_| !self.new.is_empty());
+        let old = old.filter(|_| !self.old.is_empty());
+        let keys: usize = self.old.iter().map(String::len).sum::<usize>()
+            + self
+                .new
+                .iter()
+                .map(|(jid, keys)| jid.len() + 32 + keys.iter().map(String::len).sum::<usize>())
+                .sum::<usize>();
+        let payloads = new.map_or(0, <[u8]>::len) + old.map_or(0, |(_, c)| c.len());
+        let mut out = String::with_capacity(keys + payloads * 4 / 3 + 512);
+        // OMEMO 2 first, as `in_order` puts the elements.
+        if let Some(ciphertext) = new {
+            crate::xml::v2::write_encrypted(&mut out, sid, &self.new, Some(ciphertext));
+        }
+        if let Some((iv, ciphertext)) = old {
+            crate::xml::v0_3::write_encrypted(&mut out, sid, &self.old, &iv, Some(ciphertext));
+        }
+        (out, eme_of(new.is_some()))
     }
 }
 

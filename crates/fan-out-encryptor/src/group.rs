@@ -23,7 +23,7 @@ use crate::{
     encrypt::{recipient_devices, KeyElements, NamespaceChoice},
     error::EncryptError,
     payload,
-    xml::{sce, stanza},
+    xml::{sce, stanza, stanza::StanzaText},
 };
 
 /// Prosody's default stanza size limit: a bigger stanza would be dropped by the server.
@@ -144,8 +144,8 @@ impl From<StoreError> for GroupError {
 /// A group message ready to go out once its changes are committed.
 #[derive(Debug)]
 pub struct GroupMessage {
-    /// The `<message type='groupchat'>` stanza.
-    pub stanza: Element,
+    /// The `<message type='groupchat'>` stanza, as text.
+    pub stanza: StanzaText,
     /// Its id (= origin-id).
     pub id: String,
     /// Advanced sessions, new sessions, consumed pre-keys, the ledger entry.
@@ -156,7 +156,7 @@ pub struct GroupMessage {
 
 impl GroupMessage {
     /// Commits the change set in one transaction; only then is the stanza handed out.
-    pub fn commit(self, store: &mut impl Store) -> Result<(Element, GroupCoverage), StoreError> {
+    pub fn commit(self, store: &mut impl Store) -> Result<(StanzaText, GroupCoverage), StoreError> {
         store.apply(&self.changes)?;
         Ok((self.stanza, self.coverage))
     }
@@ -165,7 +165,7 @@ impl GroupMessage {
 /// The result of the per-device step: the `<key>` element (and whether it is a key exchange) and the
 /// session's advanced sending chain, or why not; and, for a session built in this send, its index in the
 /// change set's sessions.
-type Wrapped = (SessionAddress, Result<(Element, bool, session_store::SendStep), SessionError>, Option<usize>);
+type Wrapped = (SessionAddress, Result<(String, bool, session_store::SendStep), SessionError>, Option<usize>);
 
 /// Step 1: the recipients, their devices, and what to fetch before encrypting.
 pub fn plan_group_message(store: &impl Store, room: &Room, choice: NamespaceChoice) -> Result<GroupPlan, GroupError> {
@@ -353,17 +353,19 @@ pub fn encrypt_group_message(
                 _ => new.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
             };
             let out = state.encrypt(&our, secret).map(|(data, kex)| {
-                let key = match addr.namespace {
-                    Namespace::Oldmemo => crate::xml::v0_3::key_element(addr.device, kex, &data),
-                    _ => crate::xml::v2::key_element(addr.device, kex.then_some(true), &data),
-                };
+                // A `<key>` is about 1.4 times its data (base64) plus its attributes.
+                let mut key = String::with_capacity(data.len() * 4 / 3 + 48);
+                match addr.namespace {
+                    Namespace::Oldmemo => crate::xml::v0_3::write_key(&mut key, addr.device, kex, &data),
+                    _ => crate::xml::v2::write_key(&mut key, addr.device, kex.then_some(true), &data),
+                }
                 (key, kex, state.step())
             });
             (addr, out, fresh)
         })
         .collect();
 
-    let mut keys = KeyElements::<Element, Element>::default();
+    let mut keys = KeyElements::<String, String>::default();
     // A session built in this send is stored whole, with its step applied; a stored one as the step.
     for (addr, out, fresh) in wrapped {
         match out {
@@ -387,7 +389,7 @@ pub fn encrypt_group_message(
     }
 
     let id = stanza::new_message_id(rng);
-    let (elements, eme) = keys.finish_elements(
+    let (encrypted, eme) = keys.finish_text(
         account.device_id,
         old.as_ref().map(|p| (p.iv, &p.ciphertext[..])),
         new.as_ref().map(|p| &p.ciphertext[..]),
@@ -399,14 +401,12 @@ pub fn encrypt_group_message(
         eme_namespace: eme,
         fallback_body: true,
     };
-    let stanza = stanza::build_message(&headers, elements);
-    // The stanza is written out only when its size bound is over the budget (to tell exactly).
-    let bytes = match crate::xml::size_bound(&stanza) {
-        bound if bound <= opts.max_stanza_bytes => bound,
-        _ => String::from(&stanza).len(),
-    };
-    if bytes > opts.max_stanza_bytes {
-        return Err(GroupError::TooLarge { bytes, keys: coverage.keyed.len(), limit: opts.max_stanza_bytes });
+    // Written as text: its size is exact, and it is what goes on the wire.
+    let stanza = stanza::write_message(&headers, &encrypted);
+    drop(encrypted);
+    if stanza.len() > opts.max_stanza_bytes {
+        let keys = coverage.keyed.len();
+        return Err(GroupError::TooLarge { bytes: stanza.len(), keys, limit: opts.max_stanza_bytes });
     }
     changes.ledger.push(LedgerEntry {
         room: room.jid().to_owned(),

@@ -53,6 +53,80 @@ pub fn build_message(headers: &MessageHeaders, encrypted: Vec<Element>) -> Eleme
     msg
 }
 
+/// Writes, as text, the `<message>` stanza [`build_message`] builds; `encrypted` is the text of its
+/// `<encrypted>` elements (each declaring its namespace), written by this crate.
+pub(crate) fn write_message(headers: &MessageHeaders, encrypted: &str) -> StanzaText {
+    use super::text::{end, start, text};
+    let mut out = String::with_capacity(encrypted.len() + 512);
+    let kind = if headers.groupchat { "groupchat" } else { "chat" };
+    match &headers.to {
+        Some(to) => start(&mut out, "message", Some(NS_CLIENT), &[("type", kind), ("id", &headers.id), ("to", to)]),
+        None => start(&mut out, "message", Some(NS_CLIENT), &[("type", kind), ("id", &headers.id)]),
+    }
+    out.push('>');
+    if headers.fallback_body {
+        out.push_str("<body>");
+        text(&mut out, FALLBACK_BODY);
+        end(&mut out, "body");
+    }
+    out.push_str(encrypted);
+    start(&mut out, "store", Some("urn:xmpp:hints"), &[]);
+    out.push_str("/>");
+    start(&mut out, "encryption", Some("urn:xmpp:eme:0"), &[("namespace", headers.eme_namespace), ("name", "OMEMO")]);
+    out.push_str("/>");
+    start(&mut out, "origin-id", Some("urn:xmpp:sid:0"), &[("id", &headers.id)]);
+    out.push_str("/>");
+    end(&mut out, "message");
+    StanzaText(out)
+}
+
+/// A stanza as XML text, ready to be written to the stream. A group message is written as text
+/// directly (its thousands of `<key>` elements in the parallel per-device step); [`StanzaText::to_element`]
+/// reads it into an element for a library that sends elements.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StanzaText(String);
+
+impl StanzaText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Its length in bytes (what the stanza-size budget counts).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never empty: a stanza has at least its root element.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The text, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// The stanza as an element (parsed from the text).
+    pub fn to_element(&self) -> Result<Element, crate::error::XmlError> {
+        super::parse_element(&self.0)
+    }
+}
+
+impl std::fmt::Debug for StanzaText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Thousands of keys: the length, and the start (the stanza's own attributes).
+        let head: String = self.0.chars().take(160).collect();
+        f.debug_struct("StanzaText").field("bytes", &self.0.len()).field("head", &head).finish()
+    }
+}
+
+impl std::fmt::Display for StanzaText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A new random stanza id (also the origin-id): 128 bits, in hex.
 pub fn new_message_id(rng: &mut impl rand_core::CryptoRngCore) -> String {
     let mut b = [0u8; 16];
@@ -68,4 +142,32 @@ pub fn origin_id(msg: &Element) -> Option<&str> {
 /// The bare part of a JID (everything before the first `/`).
 pub fn bare(jid: &str) -> &str {
     jid.split('/').next().unwrap_or(jid)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn written_message_equals_the_built_one() {
+        let encrypted = Element::builder("encrypted", "urn:xmpp:omemo:2")
+            .append(Element::builder("header", "urn:xmpp:omemo:2").attr(attr_name("sid"), "5").build())
+            .build();
+        for (to, groupchat, fallback_body) in
+            [(Some("o'brien&co@muc.example.org"), true, true), (None, false, false), (Some("a@b"), false, true)]
+        {
+            let headers = MessageHeaders {
+                to: to.map(str::to_owned),
+                groupchat,
+                id: "id<1>\"".into(),
+                eme_namespace: "urn:xmpp:omemo:2",
+                fallback_body,
+            };
+            let written = write_message(&headers, &String::from(&encrypted));
+            let built = build_message(&headers, vec![encrypted.clone()]);
+            assert_eq!(written.to_element().unwrap(), built, "{written}");
+            assert!(format!("{written:?}").contains(&format!("bytes: {}", written.len())));
+        }
+    }
 }

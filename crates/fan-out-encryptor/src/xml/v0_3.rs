@@ -114,6 +114,37 @@ pub fn encrypted_element(sid: DeviceId, keys: Vec<Element>, iv: &[u8], payload: 
     out
 }
 
+/// Appends, as text, the `<key>` element [`key_element`] builds (inside a `<header>` of this namespace).
+pub(crate) fn write_key(out: &mut String, rid: DeviceId, prekey: bool, data: &[u8]) {
+    let mut buf = [0; 10];
+    let rid = super::text::decimal(rid, &mut buf);
+    if prekey {
+        super::text::base64_element(out, "key", None, &[("rid", rid), ("prekey", "true")], data);
+    } else {
+        super::text::base64_element(out, "key", None, &[("rid", rid)], data);
+    }
+}
+
+/// Appends, as text, the `<encrypted>` element [`encrypted_element`] builds, from keys written by
+/// [`write_key`].
+pub(crate) fn write_encrypted(out: &mut String, sid: DeviceId, keys: &[String], iv: &[u8], payload: Option<&[u8]>) {
+    use super::text::{base64_element, end, start};
+    let mut buf = [0; 10];
+    start(out, "encrypted", Some(NS), &[]);
+    out.push('>');
+    start(out, "header", None, &[("sid", super::text::decimal(sid, &mut buf))]);
+    out.push('>');
+    for key in keys {
+        out.push_str(key);
+    }
+    base64_element(out, "iv", None, &[], iv);
+    end(out, "header");
+    if let Some(p) = payload {
+        base64_element(out, "payload", None, &[], p);
+    }
+    end(out, "encrypted");
+}
+
 /// Reads an `<encrypted>` element (base64 whitespace tolerated; `prekey` may be `true` or `1`).
 pub fn parse_encrypted(elem: &Element) -> Result<Encrypted, XmlError> {
     super::check_header_limits(elem)?;
@@ -169,6 +200,24 @@ mod tests {
             String::from(&Element::from(e.clone())).replace(" prekey='false'", "").replace(" prekey=\"false\"", "");
         assert_eq!(text, derived);
         assert_eq!(parse_encrypted(&parse_element(&text).unwrap()).unwrap(), e);
+        // Written as text (the group send), read back: the same element, with and without a payload.
+        for payload in [e.payload.clone(), None] {
+            let e = Encrypted { payload, ..e.clone() };
+            let keys: Vec<String> = e
+                .header
+                .keys
+                .iter()
+                .map(|k| {
+                    let mut text = String::new();
+                    write_key(&mut text, k.rid, k.prekey, &k.data);
+                    text
+                })
+                .collect();
+            let mut written = String::new();
+            let payload = e.payload.as_ref().map(|p| &p.data[..]);
+            write_encrypted(&mut written, e.header.sid, &keys, &e.header.iv.data, payload);
+            assert_eq!(parse_element(&written).unwrap(), encrypted(e.clone()), "{written}");
+        }
     }
 
     #[test]
