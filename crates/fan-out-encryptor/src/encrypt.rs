@@ -185,35 +185,48 @@ impl KeyElements<legacy_omemo::Key, v2::Key> {
     }
 }
 
-impl KeyElements<String, String> {
-    /// The `<encrypted>` elements (OMEMO 2 first) as text and the namespace the EME names, as
-    /// [`KeyElements::finish`] then [`elements_and_eme`] give them, from keys written as text beforehand
-    /// (`xml::v2::write_key`, `xml::v0_3::write_key`).
-    pub(crate) fn finish_text(
-        self,
-        sid: DeviceId,
-        old: Option<([u8; 12], &[u8])>,
-        new: Option<&[u8]>,
-    ) -> (String, &'static str) {
-        let new = new.filter(|_| !self.new.is_empty());
-        let old = old.filter(|_| !self.old.is_empty());
-        let keys: usize = self.old.iter().map(String::len).sum::<usize>()
-            + self
-                .new
-                .iter()
-                .map(|(jid, keys)| jid.len() + 32 + keys.iter().map(String::len).sum::<usize>())
-                .sum::<usize>();
-        let payloads = new.map_or(0, <[u8]>::len) + old.map_or(0, |(_, c)| c.len());
-        let mut out = String::with_capacity(keys + payloads * 4 / 3 + 512);
-        // OMEMO 2 first, as `in_order` puts the elements.
-        if let Some(ciphertext) = new {
-            crate::xml::v2::write_encrypted(&mut out, sid, &self.new, Some(ciphertext));
+/// The `<encrypted>` elements of a group message as text (OMEMO 2 first, as [`in_order`] puts them)
+/// and the namespace its EME names. `keys` are the devices' `<key>` elements written as text, in device
+/// order; OMEMO 2 keys are grouped per bare JID, the groups in the order their JIDs first appear (as
+/// [`KeyElements`] groups them). `old` is the 0.3 IV and ciphertext, `new` the OMEMO 2 ciphertext.
+pub(crate) fn encrypted_text<'a>(
+    sid: DeviceId,
+    keys: impl Iterator<Item = (&'a SessionAddress, &'a str)>,
+    old: Option<([u8; 12], &[u8])>,
+    new: Option<&[u8]>,
+) -> (String, &'static str) {
+    let mut old_keys: Vec<&str> = Vec::new();
+    // (group, JID, key), sorted by group; each group's keys stay in device order.
+    let mut new_keys: Vec<(usize, &str, &str)> = Vec::new();
+    let mut group_of: HashMap<&str, usize> = HashMap::new();
+    let mut bytes = 0;
+    for (addr, key) in keys {
+        bytes += key.len();
+        match addr.namespace {
+            Namespace::Oldmemo => old_keys.push(key),
+            _ => {
+                let next = group_of.len();
+                let group = *group_of.entry(addr.jid.as_str()).or_insert(next);
+                new_keys.push((group, addr.jid.as_str(), key));
+            }
         }
-        if let Some((iv, ciphertext)) = old {
-            crate::xml::v0_3::write_encrypted(&mut out, sid, &self.old, &iv, Some(ciphertext));
-        }
-        (out, eme_of(new.is_some()))
     }
+    // A stable sort: keys of one group keep their order.
+    new_keys.sort_by_key(|(group, _, _)| *group);
+    let new = new.filter(|_| !new_keys.is_empty());
+    let old = old.filter(|_| !old_keys.is_empty());
+    let payloads = new.map_or(0, <[u8]>::len) + old.map_or(0, |(_, c)| c.len());
+    let groups: usize = group_of.keys().map(|j| j.len() + 32).sum();
+    let mut out = String::with_capacity(bytes + groups + payloads * 2 + 512);
+    if let Some(ciphertext) = new {
+        let groups =
+            new_keys.chunk_by(|a, b| a.0 == b.0).map(|g| (g.first().map_or("", |k| k.1), g.iter().map(|k| k.2)));
+        crate::xml::v2::write_encrypted(&mut out, sid, groups, Some(ciphertext));
+    }
+    if let Some((iv, ciphertext)) = old {
+        crate::xml::v0_3::write_encrypted(&mut out, sid, old_keys, &iv, Some(ciphertext));
+    }
+    (out, eme_of(new.is_some()))
 }
 
 /// The `<encrypted>` elements of a message, OMEMO 2 first, and the namespace its EME names (OMEMO 2
@@ -243,25 +256,27 @@ fn eme_of(twomemo: bool) -> &'static str {
 /// The devices a message to `jids` goes to, each with its namespace: the active devices of each JID's
 /// device lists, plus our own other devices; never our sending device. Also the JIDs without any usable
 /// device list.
-pub fn recipient_devices(
+pub fn recipient_devices<J: AsRef<str>>(
     store: &impl Store,
-    jids: &[String],
+    jids: &[J],
     choice: NamespaceChoice,
 ) -> Result<(Vec<SessionAddress>, Vec<String>), EncryptError> {
     let account = store.account()?.ok_or(EncryptError::NoAccount)?;
-    let mut all: Vec<String> = jids.to_vec();
-    if !all.contains(&account.jid) {
-        all.push(account.jid.clone());
+    let mut all: Vec<&str> = jids.iter().map(AsRef::as_ref).collect();
+    if !all.contains(&account.jid.as_str()) {
+        all.push(&account.jid);
     }
-    let mut out: Vec<SessionAddress> = Vec::new();
+    let mut out: Vec<SessionAddress> = Vec::with_capacity(all.len());
     let mut without = Vec::new();
     // Every list of a namespace in one read (a room may have thousands of members).
     let namespaces: Vec<Namespace> = account.namespaces.iter().filter(|ns| choice.allows(*ns)).collect();
     let mut lists = namespaces.iter().map(|ns| store.device_lists(*ns, &all)).collect::<Result<Vec<_>, _>>()?;
+    // The device ids of the current JID seen so far (one buffer for all JIDs).
+    let mut taken: Vec<u32> = Vec::new();
     for (i, jid) in all.into_iter().enumerate() {
         let mut found = false;
-        // OMEMO 2 first: a device in both lists is reached in OMEMO 2 (once: ids of this JID seen so far).
-        let mut taken: Vec<u32> = Vec::new();
+        // OMEMO 2 first: a device in both lists is reached in OMEMO 2 (once).
+        taken.clear();
         for (ns, of_ns) in namespaces.iter().copied().zip(lists.iter_mut()) {
             for d in of_ns.get_mut(i).and_then(Option::take).unwrap_or_default() {
                 if jid == account.jid && d == account.device_id {
@@ -270,12 +285,12 @@ pub fn recipient_devices(
                 found = true;
                 if !taken.contains(&d) {
                     taken.push(d);
-                    out.push(SessionAddress::new(ns, jid.clone(), d));
+                    out.push(SessionAddress::new(ns, jid, d));
                 }
             }
         }
         if !found && jid != account.jid {
-            without.push(jid);
+            without.push(jid.to_owned());
         }
     }
     Ok((out, without))
@@ -415,4 +430,57 @@ pub fn empty_messages(
         all.merge(msg.changes);
     }
     Ok((stanzas, all))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::xml::{parse_element, v0_3, v2 as v2_xml};
+
+    /// The group send's text and the 1:1 path's elements group and order the same keys the same way,
+    /// also when a JID's devices are not adjacent.
+    #[test]
+    fn group_text_groups_keys_like_the_elements() {
+        use Namespace::{Oldmemo, Twomemo};
+        let devices = [
+            (Twomemo, "b@x", 1, false),
+            (Oldmemo, "a@x", 2, true),
+            (Twomemo, "a@x", 3, true),
+            (Twomemo, "b@x", 4, false),
+            (Oldmemo, "b@x", 5, false),
+            (Twomemo, "o'c&d@x", 6, false),
+            (Twomemo, "a@x", 7, false),
+        ];
+        let iv = [7u8; 12];
+        let (old_ct, new_ct) = (vec![1u8; 20], vec![2u8; 30]);
+        for only in [None, Some(Oldmemo), Some(Twomemo)] {
+            let mut structs = KeyElements::default();
+            let mut texts = Vec::new();
+            for (i, (ns, jid, device, kex)) in devices.into_iter().enumerate() {
+                if only.is_some_and(|o| o != ns) {
+                    continue;
+                }
+                let addr = SessionAddress::new(ns, jid, device);
+                let data = vec![u8::try_from(i).unwrap(); 40 + i];
+                structs.push(&addr, data.clone(), kex);
+                let mut text = String::new();
+                match ns {
+                    Oldmemo => v0_3::write_key(&mut text, device, kex, &data),
+                    _ => v2_xml::write_key(&mut text, device, kex.then_some(true), &data),
+                }
+                texts.push((addr, text));
+            }
+            let (o, n) = structs.finish(9, Some((iv, Some(old_ct.clone()))), Some(Some(new_ct.clone())));
+            let (want, want_eme) = elements_and_eme(o.as_ref(), n.as_ref());
+            let keys = texts.iter().map(|(a, t)| (a, t.as_str()));
+            let (text, eme) = encrypted_text(9, keys, Some((iv, &old_ct)), Some(&new_ct));
+            assert_eq!(eme, want_eme);
+            let got = parse_element(&format!("<x xmlns='urn:example'>{text}</x>")).unwrap();
+            let got: Vec<Element> = got.children().cloned().collect();
+            let want: Vec<Element> = want.iter().map(|e| parse_element(&String::from(e)).unwrap()).collect();
+            assert_eq!(got, want, "{text}");
+            assert_eq!(got.len(), if only.is_some() { 1 } else { 2 });
+        }
+    }
 }

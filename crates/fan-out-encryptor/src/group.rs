@@ -20,7 +20,7 @@ use session_store::{
 };
 
 use crate::{
-    encrypt::{recipient_devices, KeyElements, NamespaceChoice},
+    encrypt::{recipient_devices, NamespaceChoice},
     error::EncryptError,
     payload,
     xml::{sce, stanza, stanza::StanzaText},
@@ -179,7 +179,7 @@ fn load_plan(
     choice: NamespaceChoice,
 ) -> Result<(GroupPlan, Vec<Option<SendState>>), GroupError> {
     let recipients = room.recipients()?;
-    let jids: Vec<String> = recipients.included.iter().cloned().collect();
+    let jids: Vec<&str> = recipients.included.iter().map(String::as_str).collect();
     let (devices, need_device_lists) = recipient_devices(store, &jids, choice)?;
     let mut need_bundles = Vec::new();
     let states = store.send_states(&devices)?;
@@ -204,13 +204,14 @@ pub fn encrypt_group_message(
     rng: &mut impl CryptoRngCore,
 ) -> Result<GroupMessage, GroupError> {
     let account = store.account()?.ok_or(EncryptError::NoAccount)?;
-    let (plan, loaded) = load_plan(store, room, opts.choice)?;
+    let (GroupPlan { recipients, devices, need_bundles, need_device_lists }, loaded) =
+        load_plan(store, room, opts.choice)?;
     let mut coverage = GroupCoverage::default();
-    for (who, why) in &plan.recipients.excluded {
+    for (who, why) in &recipients.excluded {
         coverage.members_left_out.push((who.clone(), Left::Room(why.clone())));
     }
-    for jid in &plan.need_device_lists {
-        coverage.members_left_out.push((jid.clone(), Left::NoDeviceList));
+    for jid in need_device_lists {
+        coverage.members_left_out.push((jid, Left::NoDeviceList));
     }
 
     // Sessions from the bundles, all into one change set: identities checked serially (they read the
@@ -221,7 +222,7 @@ pub fn encrypt_group_message(
     // Looked up per device: a map, not a scan (thousands of bundles on a cold start).
     let answers: std::collections::HashMap<&SessionAddress, &Result<PreKeyBundle, String>> =
         bundles.iter().map(|(a, b)| (a, b)).collect();
-    for addr in &plan.need_bundles {
+    for addr in &need_bundles {
         match answers.get(addr).copied() {
             None => coverage.devices_left_out.push((addr.clone(), Left::NoBundle("not fetched".into()))),
             Some(Err(e)) => coverage.devices_left_out.push((addr.clone(), Left::NoBundle(e.clone()))),
@@ -270,27 +271,27 @@ pub fn encrypt_group_message(
     let left_out: std::collections::HashSet<SessionAddress> =
         coverage.devices_left_out.iter().map(|(a, _)| a.clone()).collect();
     // (address, session, index in `changes.sessions` of a session built from a bundle in this send)
-    let mut candidates: Vec<(&SessionAddress, SendState, Option<usize>)> = Vec::with_capacity(plan.devices.len());
+    let mut candidates: Vec<(SessionAddress, SendState, Option<usize>)> = Vec::with_capacity(devices.len());
     let built_now: std::collections::HashMap<&SessionAddress, usize> =
         changes.sessions.iter().enumerate().map(|(i, (a, _))| (a, i)).collect();
-    for (addr, state) in plan.devices.iter().zip(loaded) {
-        if left_out.contains(addr) {
+    for (addr, state) in devices.into_iter().zip(loaded) {
+        if left_out.contains(&addr) {
             continue;
         }
         // A session built from a bundle just now is in the change set.
         let (state, fresh) = match state {
             Some(s) => (Some(s), None),
             None => {
-                let at = built_now.get(addr).copied();
+                let at = built_now.get(&addr).copied();
                 (at.and_then(|i| changes.sessions.get(i)).and_then(|(_, r)| r.send_state()), at)
             }
         };
         let Some(state) = state else {
-            coverage.devices_left_out.push((addr.clone(), Left::NoBundle("no session".into())));
+            coverage.devices_left_out.push((addr, Left::NoBundle("no session".into())));
             continue;
         };
         if state.is_stale() {
-            coverage.devices_left_out.push((addr.clone(), Left::Stale));
+            coverage.devices_left_out.push((addr, Left::Stale));
             continue;
         }
         candidates.push((addr, state, fresh));
@@ -305,21 +306,16 @@ pub fn encrypt_group_message(
     for ((addr, state, fresh), stored) in candidates.into_iter().zip(stored_trust) {
         let trust = trust_now.get(&(addr.jid.as_str(), *state.remote_identity().as_bytes())).copied().or(stored);
         match trust.unwrap_or(TrustLevel::Undecided) {
-            TrustLevel::Distrusted => coverage.devices_left_out.push((addr.clone(), Left::Distrusted)),
-            t if !t.may_encrypt() => coverage.devices_left_out.push((addr.clone(), Left::Undecided)),
-            _ => work.push((addr.clone(), state, fresh)),
+            TrustLevel::Distrusted => coverage.devices_left_out.push((addr, Left::Distrusted)),
+            t if !t.may_encrypt() => coverage.devices_left_out.push((addr, Left::Undecided)),
+            _ => work.push((addr, state, fresh)),
         }
     }
 
     // Members with no device left to reach (a set: members times devices would be quadratic).
     let reached: std::collections::HashSet<&str> = work.iter().map(|(a, _, _)| a.jid.as_str()).collect();
-    let mut unreachable: Vec<String> = plan
-        .recipients
-        .included
-        .iter()
-        .filter(|j| **j != account.jid && !reached.contains(j.as_str()))
-        .cloned()
-        .collect();
+    let mut unreachable: Vec<String> =
+        recipients.included.iter().filter(|j| **j != account.jid && !reached.contains(j.as_str())).cloned().collect();
     unreachable.sort();
     if !unreachable.is_empty() && opts.missing == MissingDevicePolicy::Block {
         return Err(GroupError::MembersWithoutDevices(unreachable));
@@ -365,7 +361,8 @@ pub fn encrypt_group_message(
         })
         .collect();
 
-    let mut keys = KeyElements::<String, String>::default();
+    // The `<key>` texts, in the order of `coverage.keyed`.
+    let mut keys: Vec<String> = Vec::with_capacity(wrapped.len());
     // A session built in this send is stored whole, with its step applied; a stored one as the step.
     for (addr, out, fresh) in wrapped {
         match out {
@@ -378,10 +375,7 @@ pub fn encrypt_group_message(
                         return Err(EncryptError::Session(lost).into());
                     }
                 }
-                match addr.namespace {
-                    Namespace::Oldmemo => keys.push_old(key),
-                    _ => keys.push_new(&addr.jid, key),
-                }
+                keys.push(key);
                 coverage.keyed.push((addr, kex));
             }
             Err(e) => coverage.devices_left_out.push((addr, Left::SessionFailed(e.to_string()))),
@@ -389,8 +383,9 @@ pub fn encrypt_group_message(
     }
 
     let id = stanza::new_message_id(rng);
-    let (encrypted, eme) = keys.finish_text(
+    let (encrypted, eme) = crate::encrypt::encrypted_text(
         account.device_id,
+        coverage.keyed.iter().map(|(a, _)| a).zip(keys.iter().map(String::as_str)),
         old.as_ref().map(|p| (p.iv, &p.ciphertext[..])),
         new.as_ref().map(|p| &p.ciphertext[..]),
     );
@@ -403,7 +398,7 @@ pub fn encrypt_group_message(
     };
     // Written as text: its size is exact, and it is what goes on the wire.
     let stanza = stanza::write_message(&headers, &encrypted);
-    drop(encrypted);
+    drop((encrypted, keys));
     if stanza.len() > opts.max_stanza_bytes {
         let keys = coverage.keyed.len();
         return Err(GroupError::TooLarge { bytes: stanza.len(), keys, limit: opts.max_stanza_bytes });

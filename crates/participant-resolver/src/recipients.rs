@@ -85,23 +85,21 @@ impl Room {
             BTreeSet::new()
         };
         let mut out = Recipients::default();
-        out.included.insert(self.own_jid.clone());
+        // Gathered in a list and made a set at once (sorted in bulk: thousands of members).
+        let mut included = vec![self.own_jid.clone()];
         for (jid, fact) in &self.affiliations {
             if *jid == self.own_jid {
                 continue;
             }
             match fact.affiliation {
-                a if a.is_member() => {
-                    out.included.insert(jid.clone());
-                }
+                a if a.is_member() => included.push(jid.clone()),
                 Affiliation::Outcast => out.excluded.push((jid.clone(), Exclusion::Outcast)),
-                _ if open && present.contains(jid.as_str()) => {
-                    out.included.insert(jid.clone());
-                }
+                _ if open && present.contains(jid.as_str()) => included.push(jid.clone()),
                 _ if fact.was_member => out.excluded.push((jid.clone(), Exclusion::NoLongerMember)),
                 _ => out.excluded.push((jid.clone(), Exclusion::NotAMember)),
             }
         }
+        out.included = included.into_iter().collect();
         for o in self.occupants.values().filter(|o| o.real_jid.is_none()) {
             out.excluded.push((format!("{}/{}", self.jid, o.nick), Exclusion::NoRealJid));
         }

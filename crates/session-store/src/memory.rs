@@ -26,8 +26,10 @@ pub struct MemoryStore {
     /// Deltas on top of `sessions` (kept apart, as the SQLite store keeps them).
     session_steps: BTreeMap<SessionAddress, Vec<u8>>,
     identities: BTreeMap<(String, DeviceId), PublicKey>,
-    trust: BTreeMap<(String, PublicKey), TrustLevel>,
-    device_lists: BTreeMap<(Namespace, String), BTreeMap<DeviceId, bool>>,
+    /// Per JID (looked up by `&str`, without an allocation: a group send asks thousands of times).
+    trust: BTreeMap<String, BTreeMap<PublicKey, TrustLevel>>,
+    /// Per JID, then namespace: device id → active.
+    device_lists: BTreeMap<String, BTreeMap<Namespace, BTreeMap<DeviceId, bool>>>,
     ledger: BTreeMap<(String, String), LedgerEntry>,
     seen: BTreeSet<(String, String)>,
     spent_tokens: BTreeMap<Vec<u8>, u64>,
@@ -99,10 +101,10 @@ impl IdentityStore for MemoryStore {
         Ok(self.identities.get(&(jid.to_owned(), device)).copied())
     }
     fn trust(&self, jid: &str, key: &PublicKey) -> Result<Option<TrustLevel>, StoreError> {
-        Ok(self.trust.get(&(jid.to_owned(), *key)).copied())
+        Ok(self.trust.get(jid).and_then(|of| of.get(key)).copied())
     }
     fn trust_of(&self, jid: &str) -> Result<Vec<(PublicKey, TrustLevel)>, StoreError> {
-        Ok(self.trust.iter().filter(|((j, _), _)| j == jid).map(|((_, k), t)| (*k, *t)).collect())
+        Ok(self.trust.get(jid).map(|of| of.iter().map(|(k, t)| (*k, *t)).collect()).unwrap_or_default())
     }
 }
 
@@ -110,7 +112,8 @@ impl DeviceListStore for MemoryStore {
     fn device_list(&self, ns: Namespace, jid: &str) -> Result<Option<Vec<DeviceId>>, StoreError> {
         Ok(self
             .device_lists
-            .get(&(ns, jid.to_owned()))
+            .get(jid)
+            .and_then(|of| of.get(&ns))
             .map(|m| m.iter().filter(|(_, active)| **active).map(|(d, _)| *d).collect()))
     }
 }
@@ -183,17 +186,23 @@ impl Store for MemoryStore {
         for (addr, step) in session_steps {
             // A delta without its record would be lost on the next read: only the stored ones.
             if self.sessions.contains_key(addr) {
-                self.session_steps.insert(addr.clone(), step.to_bytes());
+                match self.session_steps.get_mut(addr) {
+                    // Overwritten in place: a group send replaces thousands of steps.
+                    Some(stored) => step.write_to(stored),
+                    None => {
+                        self.session_steps.insert(addr.clone(), step.to_bytes());
+                    }
+                }
             }
         }
         for (jid, dev, key) in identities {
             self.identities.insert((jid.clone(), *dev), *key);
         }
         for (jid, key, level) in trust {
-            self.trust.insert((jid.clone(), *key), *level);
+            self.trust.entry(jid.clone()).or_default().insert(*key, *level);
         }
         for (ns, jid, devices) in device_lists {
-            let entry = self.device_lists.entry((*ns, jid.clone())).or_default();
+            let entry = self.device_lists.entry(jid.clone()).or_default().entry(*ns).or_default();
             for active in entry.values_mut() {
                 *active = false;
             }

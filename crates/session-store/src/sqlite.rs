@@ -403,13 +403,14 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
         rows.into_iter().filter(|(_, a)| *a).map(|(d, _)| u32_of(d, "device id")).collect::<Result<_, _>>().map(Some)
     }
 
-    fn device_lists(&self, ns: Namespace, jids: &[String]) -> Result<Vec<Option<Vec<DeviceId>>>, StoreError> {
+    fn device_lists(&self, ns: Namespace, jids: &[&str]) -> Result<Vec<Option<Vec<DeviceId>>>, StoreError> {
         if jids.len() < SCAN_FROM {
             return jids.iter().map(|j| self.device_list(ns, j)).collect();
         }
-        let mut want: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
+        // Where each JID is first asked for; a JID asked for again gets a copy at the end.
+        let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::with_capacity(jids.len());
         for (i, j) in jids.iter().enumerate() {
-            want.entry(j.as_str()).or_default().push(i);
+            first.entry(*j).or_insert(i);
         }
         let mut out: Vec<Option<Vec<DeviceId>>> = vec![None; jids.len()];
         let mut stmt = self.c().prepare_cached(
@@ -418,17 +419,26 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
         let mut rows = stmt.query([ns.code()])?;
         while let Some(row) = rows.next()? {
             let jid = row.get_ref(0)?.as_str().map_err(|_| StoreError::Corrupt("device jid"))?;
-            let Some(at) = want.get(jid) else { continue };
+            let Some(&at) = first.get(jid) else { continue };
             let device = u32_of(row.get(1)?, "device id")?;
             let active: bool = row.get(2)?;
-            for &i in at {
-                if let Some(slot) = out.get_mut(i) {
-                    // A list we saw (even with every device inactive) is `Some`.
-                    let list = slot.get_or_insert_with(Vec::new);
-                    if active {
-                        list.push(device);
+            if let Some(slot) = out.get_mut(at) {
+                // A list we saw (even with every device inactive) is `Some`.
+                let list = slot.get_or_insert_with(Vec::new);
+                if active {
+                    list.push(device);
+                }
+            }
+        }
+        for (i, j) in jids.iter().enumerate() {
+            match first.get(j) {
+                Some(&at) if at != i => {
+                    let copy = out.get(at).cloned().flatten();
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = copy;
                     }
                 }
+                _ => {}
             }
         }
         Ok(out)

@@ -566,7 +566,8 @@ macro_rules! store_conformance_tests {
                     ch.trust.push(("m3@example.org".into(), good.remote_identity().unwrap(), TrustLevel::Verified));
                     p.a.apply(&ch).unwrap();
                     let one: Vec<_> = jids.iter().map(|j| p.a.device_list(p.ns, j).unwrap()).collect();
-                    assert_eq!(one, p.a.device_lists(p.ns, &jids).unwrap());
+                    let asked: Vec<&str> = jids.iter().map(String::as_str).collect();
+                    assert_eq!(one, p.a.device_lists(p.ns, &asked).unwrap());
                     assert_eq!(one[1], Some(vec![3, 5]));
                     let keys: Vec<(&str, PublicKey)> =
                         jids.iter().map(|j| (j.as_str(), good.remote_identity().unwrap())).collect();

@@ -73,7 +73,7 @@ pub trait DeviceListStore {
     /// The active devices of `jid` in `ns` (`None` if we never saw its list).
     fn device_list(&self, ns: Namespace, jid: &str) -> Result<Option<Vec<DeviceId>>, StoreError>;
     /// The device lists of many JIDs at once, in the order asked.
-    fn device_lists(&self, ns: Namespace, jids: &[String]) -> Result<Vec<Option<Vec<DeviceId>>>, StoreError> {
+    fn device_lists(&self, ns: Namespace, jids: &[&str]) -> Result<Vec<Option<Vec<DeviceId>>>, StoreError> {
         jids.iter().map(|j| self.device_list(ns, j)).collect()
     }
 }

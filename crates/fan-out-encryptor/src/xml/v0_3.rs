@@ -127,7 +127,13 @@ pub(crate) fn write_key(out: &mut String, rid: DeviceId, prekey: bool, data: &[u
 
 /// Appends, as text, the `<encrypted>` element [`encrypted_element`] builds, from keys written by
 /// [`write_key`].
-pub(crate) fn write_encrypted(out: &mut String, sid: DeviceId, keys: &[String], iv: &[u8], payload: Option<&[u8]>) {
+pub(crate) fn write_encrypted<'a>(
+    out: &mut String,
+    sid: DeviceId,
+    keys: impl IntoIterator<Item = &'a str>,
+    iv: &[u8],
+    payload: Option<&[u8]>,
+) {
     use super::text::{base64_element, end, start};
     let mut buf = [0; 10];
     start(out, "encrypted", Some(NS), &[]);
@@ -215,7 +221,7 @@ mod tests {
                 .collect();
             let mut written = String::new();
             let payload = e.payload.as_ref().map(|p| &p.data[..]);
-            write_encrypted(&mut written, e.header.sid, &keys, &e.header.iv.data, payload);
+            write_encrypted(&mut written, e.header.sid, keys.iter().map(String::as_str), &e.header.iv.data, payload);
             assert_eq!(parse_element(&written).unwrap(), encrypted(e.clone()), "{written}");
         }
     }

@@ -283,10 +283,10 @@ pub(crate) fn write_key(out: &mut String, rid: DeviceId, kex: Option<bool>, data
 
 /// Appends, as text, the `<encrypted>` element [`encrypted_element`] builds, from keys written by
 /// [`write_key`] and grouped per bare JID.
-pub(crate) fn write_encrypted(
+pub(crate) fn write_encrypted<'a, K: IntoIterator<Item = &'a str>>(
     out: &mut String,
     sid: DeviceId,
-    groups: &[(String, Vec<String>)],
+    groups: impl IntoIterator<Item = (&'a str, K)>,
     payload: Option<&[u8]>,
 ) {
     use super::text::{end, start};
@@ -396,7 +396,8 @@ mod tests {
                 })
                 .collect();
             let mut text = String::new();
-            write_encrypted(&mut text, e.header.sid, &groups, e.payload.as_ref().map(|p| &p.data[..]));
+            let groups = groups.iter().map(|(jid, keys)| (jid.as_str(), keys.iter().map(String::as_str)));
+            write_encrypted(&mut text, e.header.sid, groups, e.payload.as_ref().map(|p| &p.data[..]));
             // (compared as a receiver reads both: an empty key is no text node, not an empty one)
             let built = parse_element(&String::from(&Element::from(e.clone()))).unwrap();
             assert_eq!(parse_element(&text).unwrap(), built, "{text}");

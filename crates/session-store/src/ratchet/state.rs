@@ -379,12 +379,19 @@ impl SendStep {
     /// The stored form.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::ENCODED_LEN);
+        self.write_to(&mut out);
+        out
+    }
+
+    /// The stored form, replacing what `out` held (a store overwrites a step in place). The old bytes are
+    /// zeroized first: they hold an earlier chain key.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        zeroize::Zeroize::zeroize(out);
         out.push(Self::VERSION);
         out.extend_from_slice(&self.ratchet);
         out.extend_from_slice(&self.chain_key);
         out.extend_from_slice(&self.index.to_be_bytes());
         out.extend_from_slice(&self.sent_since_receive.to_be_bytes());
-        out
     }
 
     /// Reads the stored form.
