@@ -31,6 +31,18 @@ const MIGRATIONS: &[&str] = &[
 const SCAN_FROM: usize = 32;
 
 /// A stored record with its delta (if any) applied.
+/// Session steps written per statement (4 parameters each, far below SQLite's limit).
+const STEP_ROWS: usize = 64;
+
+/// The statement that writes `rows` session steps.
+fn step_insert(rows: usize) -> String {
+    let mut sql = String::from("INSERT OR REPLACE INTO omemo_session_step (namespace, jid, device_id, step) VALUES ");
+    for i in 0..rows {
+        sql.push_str(if i == 0 { "(?,?,?,?)" } else { ",(?,?,?,?)" });
+    }
+    sql
+}
+
 fn record_with_step(record: &[u8], step: Option<&[u8]>) -> Result<SessionRecord, StoreError> {
     let mut r = SessionRecord::from_bytes(record)?;
     if let Some(step) = step {
@@ -279,28 +291,75 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
                 })
                 .collect();
         }
-        let mut want: std::collections::HashMap<(u8, &str, u32), Vec<usize>> = std::collections::HashMap::new();
+        // Where each address is first asked for; an address asked for again gets a copy at the end.
+        let mut first: std::collections::HashMap<(i64, &str, i64), usize> =
+            std::collections::HashMap::with_capacity(addrs.len());
         for (i, a) in addrs.iter().enumerate() {
-            want.entry((a.namespace.code(), a.jid.as_str(), a.device)).or_default().push(i);
+            first.entry((i64::from(a.namespace.code()), a.jid.as_str(), i64::from(a.device))).or_insert(i);
         }
         let mut out: Vec<Option<T>> = vec![None; addrs.len()];
-        let mut stmt = self.c().prepare_cached(
-            "SELECT s.namespace, s.jid, s.device_id, s.record, t.step FROM omemo_session s \
-             LEFT JOIN omemo_session_step t USING (namespace, jid, device_id)",
+        // Both tables are kept in key order (WITHOUT ROWID, the same key): one pass over each, merged
+        // here, instead of a lookup in the step table per session.
+        let c = self.c();
+        let mut records = c.prepare_cached(
+            "SELECT namespace, jid, device_id, record FROM omemo_session ORDER BY namespace, jid, device_id",
         )?;
-        let mut rows = stmt.query([])?;
+        let mut steps = c.prepare_cached(
+            "SELECT namespace, jid, device_id, step FROM omemo_session_step ORDER BY namespace, jid, device_id",
+        )?;
+        let mut step_rows = steps.query([])?;
+        // The step row the merge stands at: its key and bytes (buffers reused from row to row).
+        let mut step_at: Option<(i64, String, i64)> = None;
+        // (A step holds a chain key: the buffer is wiped when dropped.)
+        let mut step_bytes: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(Vec::new());
+        let mut advance = |at: &mut Option<(i64, String, i64)>, bytes: &mut Vec<u8>| -> Result<(), StoreError> {
+            match step_rows.next()? {
+                None => *at = None,
+                Some(row) => {
+                    let jid = row.get_ref(1)?.as_str().map_err(|_| StoreError::Corrupt("session step jid"))?;
+                    let key = at.get_or_insert_with(|| (0, String::new(), 0));
+                    key.0 = row.get(0)?;
+                    key.1.clear();
+                    key.1.push_str(jid);
+                    key.2 = row.get(2)?;
+                    bytes.clear();
+                    bytes
+                        .extend_from_slice(row.get_ref(3)?.as_blob().map_err(|_| StoreError::Corrupt("session step"))?);
+                }
+            }
+            Ok(())
+        };
+        advance(&mut step_at, &mut step_bytes)?;
+        let mut rows = records.query([])?;
         while let Some(row) = rows.next()? {
             let (ns, device): (i64, i64) = (row.get(0)?, row.get(2)?);
-            let (Ok(ns), Ok(device)) = (u8::try_from(ns), u32::try_from(device)) else { continue };
             let jid = row.get_ref(1)?.as_str().map_err(|_| StoreError::Corrupt("session jid"))?;
-            let Some(at) = want.get(&(ns, jid, device)) else { continue };
+            let key = (ns, jid, device);
+            // Steps before this session have no session (never written so): passed over.
+            // (SQLite orders the JIDs as bytes, as `str` compares: the default BINARY collation.)
+            while step_at.as_ref().is_some_and(|(n, j, d)| (*n, j.as_str(), *d) < key) {
+                advance(&mut step_at, &mut step_bytes)?;
+            }
+            let Some(&at) = first.get(&key) else { continue };
+            let step = match &step_at {
+                Some((n, j, d)) if (*n, j.as_str(), *d) == key => Some(&step_bytes[..]),
+                _ => None,
+            };
             let record = row.get_ref(3)?.as_blob().map_err(|_| StoreError::Corrupt("session record"))?;
-            let step = row.get_ref(4)?.as_blob_or_null().map_err(|_| StoreError::Corrupt("session step"))?;
             let value = decode(record, step)?;
-            for &i in at {
-                if let Some(slot) = out.get_mut(i) {
-                    *slot = Some(value.clone());
+            if let Some(slot) = out.get_mut(at) {
+                *slot = Some(value);
+            }
+        }
+        for (i, a) in addrs.iter().enumerate() {
+            match first.get(&(i64::from(a.namespace.code()), a.jid.as_str(), i64::from(a.device))) {
+                Some(&at) if at != i => {
+                    let copy = out.get(at).cloned().flatten();
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = copy;
+                    }
                 }
+                _ => {}
             }
         }
         Ok(out)
@@ -361,9 +420,11 @@ impl<C: BorrowMut<Connection>> IdentityStore for SqliteStore<C> {
         if keys.len() < SCAN_FROM {
             return keys.iter().map(|(j, k)| self.trust(j, k)).collect();
         }
-        let mut want: std::collections::HashMap<(&str, [u8; 32]), Vec<usize>> = std::collections::HashMap::new();
+        // Where each key is first asked for; a key asked for again gets a copy at the end.
+        let mut first: std::collections::HashMap<(&str, [u8; 32]), usize> =
+            std::collections::HashMap::with_capacity(keys.len());
         for (i, (j, k)) in keys.iter().enumerate() {
-            want.entry((*j, *k.as_bytes())).or_default().push(i);
+            first.entry((*j, *k.as_bytes())).or_insert(i);
         }
         let mut out = vec![None; keys.len()];
         let mut stmt = self.c().prepare_cached("SELECT jid, identity_key, level FROM omemo_trust")?;
@@ -375,14 +436,22 @@ impl<C: BorrowMut<Connection>> IdentityStore for SqliteStore<C> {
             else {
                 continue;
             };
-            let Some(at) = want.get(&(jid, key)) else { continue };
+            let Some(&at) = first.get(&(jid, key)) else { continue };
             let level = u8::try_from(row.get::<_, i64>(2)?)
                 .ok()
                 .and_then(TrustLevel::from_code)
                 .ok_or(StoreError::Corrupt("trust level"))?;
-            for &i in at {
-                if let Some(slot) = out.get_mut(i) {
-                    *slot = Some(level);
+            if let Some(slot) = out.get_mut(at) {
+                *slot = Some(level);
+            }
+        }
+        for (i, (j, k)) in keys.iter().enumerate() {
+            if let Some(&at) = first.get(&(*j, *k.as_bytes())) {
+                if at != i {
+                    let copy = out.get(at).copied().flatten();
+                    if let Some(slot) = out.get_mut(i) {
+                        *slot = copy;
+                    }
                 }
             }
         }
@@ -592,14 +661,21 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
                 stmt.execute(params![addr.namespace.code(), addr.jid, addr.device, rec.to_bytes()])?;
                 unstep.execute(params![addr.namespace.code(), addr.jid, addr.device])?;
             }
-            // Deltas: only on top of a stored record (as the memory store does).
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO omemo_session_step (namespace, jid, device_id, step) \
-                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM omemo_session \
-                 WHERE namespace = ?1 AND jid = ?2 AND device_id = ?3)",
-            )?;
-            for (addr, step) in session_steps {
-                stmt.execute(params![addr.namespace.code(), addr.jid, addr.device, step.to_bytes()])?;
+            // Deltas, many rows per statement (a group send writes one per recipient device). A step
+            // counts only on top of a stored record (as in the memory store): reads start from the
+            // records, so a step without one is never read, and writing a record replaces its step.
+            for chunk in session_steps.chunks(STEP_ROWS) {
+                let mut stmt = tx.prepare_cached(&step_insert(chunk.len()))?;
+                let mut n = 0;
+                for (addr, step) in chunk {
+                    let bytes = zeroize::Zeroizing::new(step.to_bytes());
+                    stmt.raw_bind_parameter(n + 1, addr.namespace.code())?;
+                    stmt.raw_bind_parameter(n + 2, &addr.jid)?;
+                    stmt.raw_bind_parameter(n + 3, addr.device)?;
+                    stmt.raw_bind_parameter(n + 4, &bytes[..])?;
+                    n += 4;
+                }
+                stmt.raw_execute()?;
             }
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO omemo_identity (jid, device_id, identity_key) VALUES (?1, ?2, ?3)",

@@ -550,6 +550,18 @@ macro_rules! store_conformance_tests {
                 let step = good.send_step().unwrap();
                 p.a.apply(&Changes { session_steps: vec![(ghost.clone(), step)], ..Changes::default() }).unwrap();
                 assert!(p.a.session(&ghost).unwrap().is_none());
+                // ... nor read, in a batch read either (keys before, between and after the stored ones) ...
+                let last = SessionAddress::new(p.ns, "zz-ghost@example.org", 1);
+                let orphans = vec![(ghost.clone(), rec.send_step().unwrap()), (last.clone(), rec.send_step().unwrap())];
+                p.a.apply(&Changes { session_steps: orphans, ..Changes::default() }).unwrap();
+                let many: Vec<SessionAddress> = (0..40).map(|i| if i % 2 == 0 { ghost.clone() } else { last.clone() }).collect();
+                assert!(p.a.sessions(&many).unwrap().iter().all(Option::is_none));
+                assert!(p.a.send_states(&many).unwrap().iter().all(Option::is_none));
+                // ... and a record written there later is read as written.
+                p.a.apply(&Changes { sessions: vec![(ghost.clone(), good.clone())], ..Changes::default() }).unwrap();
+                assert_eq!(p.a.session(&ghost).unwrap().unwrap().to_bytes(), good.to_bytes());
+                let both = (0..40).map(|i| if i % 2 == 0 { ghost.clone() } else { to_b.clone() }).collect::<Vec<_>>();
+                assert!(p.a.sessions(&both).unwrap().iter().all(|r| r.as_ref().map(SessionRecord::to_bytes) == Some(good.to_bytes())));
                 // Batch reads agree with single reads, below and above the size where a store may scan.
                 for n in [5usize, 70] {
                     let addrs: Vec<SessionAddress> = (0..n)
