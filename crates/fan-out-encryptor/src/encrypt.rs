@@ -185,48 +185,77 @@ impl KeyElements<legacy_omemo::Key, v2::Key> {
     }
 }
 
-/// The `<encrypted>` elements of a group message as text (OMEMO 2 first, as [`in_order`] puts them)
-/// and the namespace its EME names. `keys` are the devices' `<key>` elements written as text, in device
-/// order; OMEMO 2 keys are grouped per bare JID, the groups in the order their JIDs first appear (as
-/// [`KeyElements`] groups them). `old` is the 0.3 IV and ciphertext, `new` the OMEMO 2 ciphertext.
-pub(crate) fn encrypted_text<'a>(
-    sid: DeviceId,
-    keys: impl Iterator<Item = (&'a SessionAddress, &'a str)>,
-    old: Option<([u8; 12], &[u8])>,
-    new: Option<&[u8]>,
-) -> (String, &'static str) {
-    let mut old_keys: Vec<&str> = Vec::new();
-    // (group, JID, key), sorted by group; each group's keys stay in device order.
-    let mut new_keys: Vec<(usize, &str, &str)> = Vec::new();
-    let mut group_of: HashMap<&str, usize> = HashMap::new();
-    let mut bytes = 0;
-    for (addr, key) in keys {
-        bytes += key.len();
-        match addr.namespace {
-            Namespace::Oldmemo => old_keys.push(key),
-            _ => {
-                let next = group_of.len();
-                let group = *group_of.entry(addr.jid.as_str()).or_insert(next);
-                new_keys.push((group, addr.jid.as_str(), key));
+/// The `<encrypted>` elements of a group message, to be written as text (OMEMO 2 first, as [`in_order`]
+/// puts them). The keys are the devices' `<key>` elements written as text, in device order; OMEMO 2 keys
+/// are grouped per bare JID, the groups in the order their JIDs first appear (as [`KeyElements`] groups
+/// them).
+pub(crate) struct GroupKeys<'a> {
+    old: Vec<&'a str>,
+    /// (group, JID, key), sorted by group; each group's keys in device order.
+    new: Vec<(usize, &'a str, &'a str)>,
+    /// The 0.3 IV and ciphertext, if that element is written.
+    old_payload: Option<([u8; 12], &'a [u8])>,
+    /// The OMEMO 2 ciphertext, if that element is written.
+    new_payload: Option<&'a [u8]>,
+    /// About the length of the text.
+    len: usize,
+}
+
+impl<'a> GroupKeys<'a> {
+    /// Groups the keys; `old` is the 0.3 IV and ciphertext, `new` the OMEMO 2 ciphertext. A namespace
+    /// without keys gets no element.
+    pub(crate) fn new(
+        keys: impl Iterator<Item = (&'a SessionAddress, &'a str)>,
+        old: Option<([u8; 12], &'a [u8])>,
+        new: Option<&'a [u8]>,
+    ) -> Self {
+        let mut old_keys = Vec::new();
+        let mut new_keys = Vec::new();
+        let mut group_of: HashMap<&str, usize> = HashMap::new();
+        let mut len = 512;
+        for (addr, key) in keys {
+            len += key.len();
+            match addr.namespace {
+                Namespace::Oldmemo => old_keys.push(key),
+                _ => {
+                    let next = group_of.len();
+                    let group = *group_of.entry(addr.jid.as_str()).or_insert_with(|| {
+                        len += addr.jid.len() + 32;
+                        next
+                    });
+                    new_keys.push((group, addr.jid.as_str(), key));
+                }
             }
         }
+        // A stable sort: keys of one group keep their order.
+        new_keys.sort_by_key(|(group, _, _)| *group);
+        let new_payload = new.filter(|_| !new_keys.is_empty());
+        let old_payload = old.filter(|_| !old_keys.is_empty());
+        len += (new_payload.map_or(0, <[u8]>::len) + old_payload.map_or(0, |(_, c)| c.len())) * 2;
+        Self { old: old_keys, new: new_keys, old_payload, new_payload, len }
     }
-    // A stable sort: keys of one group keep their order.
-    new_keys.sort_by_key(|(group, _, _)| *group);
-    let new = new.filter(|_| !new_keys.is_empty());
-    let old = old.filter(|_| !old_keys.is_empty());
-    let payloads = new.map_or(0, <[u8]>::len) + old.map_or(0, |(_, c)| c.len());
-    let groups: usize = group_of.keys().map(|j| j.len() + 32).sum();
-    let mut out = String::with_capacity(bytes + groups + payloads * 2 + 512);
-    if let Some(ciphertext) = new {
-        let groups =
-            new_keys.chunk_by(|a, b| a.0 == b.0).map(|g| (g.first().map_or("", |k| k.1), g.iter().map(|k| k.2)));
-        crate::xml::v2::write_encrypted(&mut out, sid, groups, Some(ciphertext));
+
+    /// The namespace the EME names: OMEMO 2 when that element is written.
+    pub(crate) fn eme(&self) -> &'static str {
+        eme_of(self.new_payload.is_some())
     }
-    if let Some((iv, ciphertext)) = old {
-        crate::xml::v0_3::write_encrypted(&mut out, sid, old_keys, &iv, Some(ciphertext));
+
+    /// About the length of the text (to reserve it at once).
+    pub(crate) fn len_hint(&self) -> usize {
+        self.len
     }
-    (out, eme_of(new.is_some()))
+
+    /// Appends the elements.
+    pub(crate) fn write(&self, sid: DeviceId, out: &mut String) {
+        if let Some(ciphertext) = self.new_payload {
+            let groups =
+                self.new.chunk_by(|a, b| a.0 == b.0).map(|g| (g.first().map_or("", |k| k.1), g.iter().map(|k| k.2)));
+            crate::xml::v2::write_encrypted(out, sid, groups, Some(ciphertext));
+        }
+        if let Some((iv, ciphertext)) = self.old_payload {
+            crate::xml::v0_3::write_encrypted(out, sid, self.old.iter().copied(), &iv, Some(ciphertext));
+        }
+    }
 }
 
 /// The `<encrypted>` elements of a message, OMEMO 2 first, and the namespace its EME names (OMEMO 2
@@ -473,9 +502,11 @@ mod tests {
             }
             let (o, n) = structs.finish(9, Some((iv, Some(old_ct.clone()))), Some(Some(new_ct.clone())));
             let (want, want_eme) = elements_and_eme(o.as_ref(), n.as_ref());
-            let keys = texts.iter().map(|(a, t)| (a, t.as_str()));
-            let (text, eme) = encrypted_text(9, keys, Some((iv, &old_ct)), Some(&new_ct));
-            assert_eq!(eme, want_eme);
+            let keys = GroupKeys::new(texts.iter().map(|(a, t)| (a, t.as_str())), Some((iv, &old_ct)), Some(&new_ct));
+            assert_eq!(keys.eme(), want_eme);
+            let mut text = String::new();
+            keys.write(9, &mut text);
+            assert!(text.len() <= keys.len_hint());
             let got = parse_element(&format!("<x xmlns='urn:example'>{text}</x>")).unwrap();
             let got: Vec<Element> = got.children().cloned().collect();
             let want: Vec<Element> = want.iter().map(|e| parse_element(&String::from(e)).unwrap()).collect();

@@ -275,12 +275,11 @@ pub fn encrypt_group_message(
     let built_now: std::collections::HashMap<&SessionAddress, usize> =
         changes.sessions.iter().enumerate().map(|(i, (a, _))| (a, i)).collect();
     for (addr, state) in devices.into_iter().zip(loaded) {
-        if left_out.contains(&addr) {
-            continue;
-        }
-        // A session built from a bundle just now is in the change set.
         let (state, fresh) = match state {
             Some(s) => (Some(s), None),
+            // No stored session: left out above (no bundle, a bad one), or built from its bundle just
+            // now (in the change set).
+            None if left_out.contains(&addr) => continue,
             None => {
                 let at = built_now.get(&addr).copied();
                 (at.and_then(|i| changes.sessions.get(i)).and_then(|(_, r)| r.send_state()), at)
@@ -304,7 +303,12 @@ pub fn encrypt_group_message(
     let stored_trust = store.trusts(&keys)?;
     let mut work: Vec<(SessionAddress, SendState, Option<usize>)> = Vec::with_capacity(candidates.len());
     for ((addr, state, fresh), stored) in candidates.into_iter().zip(stored_trust) {
-        let trust = trust_now.get(&(addr.jid.as_str(), *state.remote_identity().as_bytes())).copied().or(stored);
+        // (Most sends decide no trust: no lookup per device then.)
+        let decided = match trust_now.is_empty() {
+            true => None,
+            false => trust_now.get(&(addr.jid.as_str(), *state.remote_identity().as_bytes())).copied(),
+        };
+        let trust = decided.or(stored);
         match trust.unwrap_or(TrustLevel::Undecided) {
             TrustLevel::Distrusted => coverage.devices_left_out.push((addr, Left::Distrusted)),
             t if !t.may_encrypt() => coverage.devices_left_out.push((addr, Left::Undecided)),
@@ -383,8 +387,7 @@ pub fn encrypt_group_message(
     }
 
     let id = stanza::new_message_id(rng);
-    let (encrypted, eme) = crate::encrypt::encrypted_text(
-        account.device_id,
+    let grouped = crate::encrypt::GroupKeys::new(
         coverage.keyed.iter().map(|(a, _)| a).zip(keys.iter().map(String::as_str)),
         old.as_ref().map(|p| (p.iv, &p.ciphertext[..])),
         new.as_ref().map(|p| &p.ciphertext[..]),
@@ -393,12 +396,13 @@ pub fn encrypt_group_message(
         to: Some(room.jid().to_owned()),
         groupchat: true,
         id: id.clone(),
-        eme_namespace: eme,
+        eme_namespace: grouped.eme(),
         fallback_body: true,
     };
-    // Written as text: its size is exact, and it is what goes on the wire.
-    let stanza = stanza::write_message(&headers, &encrypted);
-    drop((encrypted, keys));
+    // Written as text, in one buffer: its size is exact, and it is what goes on the wire.
+    let stanza = stanza::write_message(&headers, grouped.len_hint(), |out| grouped.write(account.device_id, out));
+    drop(grouped);
+    drop(keys);
     if stanza.len() > opts.max_stanza_bytes {
         let keys = coverage.keyed.len();
         return Err(GroupError::TooLarge { bytes: stanza.len(), keys, limit: opts.max_stanza_bytes });

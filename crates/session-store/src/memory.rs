@@ -83,8 +83,11 @@ impl SessionStore for MemoryStore {
         Ok(Some(record))
     }
     fn send_states(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SendState>>, StoreError> {
+        use rayon::prelude::*;
+        // Read in parallel (nothing here is shared mutably): a group send asks for thousands.
         addrs
-            .iter()
+            .par_iter()
+            .with_min_len(64)
             .map(|a| match self.sessions.get(a) {
                 Some(record) => SendState::from_record_bytes(record, self.session_steps.get(a).map(Vec::as_slice)),
                 None => Ok(None),

@@ -53,11 +53,15 @@ pub fn build_message(headers: &MessageHeaders, encrypted: Vec<Element>) -> Eleme
     msg
 }
 
-/// Writes, as text, the `<message>` stanza [`build_message`] builds; `encrypted` is the text of its
-/// `<encrypted>` elements (each declaring its namespace), written by this crate.
-pub(crate) fn write_message(headers: &MessageHeaders, encrypted: &str) -> StanzaText {
+/// Writes, as text, the `<message>` stanza [`build_message`] builds; `encrypted` appends its
+/// `<encrypted>` elements (each declaring its namespace), about `len_hint` bytes.
+pub(crate) fn write_message(
+    headers: &MessageHeaders,
+    len_hint: usize,
+    encrypted: impl FnOnce(&mut String),
+) -> StanzaText {
     use super::text::{end, start, text};
-    let mut out = String::with_capacity(encrypted.len() + 512);
+    let mut out = String::with_capacity(len_hint + 512);
     let kind = if headers.groupchat { "groupchat" } else { "chat" };
     match &headers.to {
         Some(to) => start(&mut out, "message", Some(NS_CLIENT), &[("type", kind), ("id", &headers.id), ("to", to)]),
@@ -69,7 +73,7 @@ pub(crate) fn write_message(headers: &MessageHeaders, encrypted: &str) -> Stanza
         text(&mut out, FALLBACK_BODY);
         end(&mut out, "body");
     }
-    out.push_str(encrypted);
+    encrypted(&mut out);
     start(&mut out, "store", Some("urn:xmpp:hints"), &[]);
     out.push_str("/>");
     start(&mut out, "encryption", Some("urn:xmpp:eme:0"), &[("namespace", headers.eme_namespace), ("name", "OMEMO")]);
@@ -164,7 +168,7 @@ mod tests {
                 eme_namespace: "urn:xmpp:omemo:2",
                 fallback_body,
             };
-            let written = write_message(&headers, &String::from(&encrypted));
+            let written = write_message(&headers, 0, |out| out.push_str(&String::from(&encrypted)));
             let built = build_message(&headers, vec![encrypted.clone()]);
             assert_eq!(written.to_element().unwrap(), built, "{written}");
             assert!(format!("{written:?}").contains(&format!("bytes: {}", written.len())));
