@@ -55,7 +55,24 @@ fn record_with_step(record: &[u8], step: Option<&[u8]>) -> Result<SessionRecord,
 /// `omemo_schema`.
 pub struct SqliteStore<C: BorrowMut<Connection>> {
     conn: C,
+    /// What group sends read of each device's session, kept from send to send (see [`SendCache`]).
+    send_cache: std::cell::RefCell<SendCache>,
 }
+
+/// The send states a group send read, kept so that the next send of the same room reads only what
+/// changed. Kept in step with every change set this store commits (a stored step is applied to the
+/// cached state, a written record drops it); dropped whole when another connection committed to the
+/// database (`PRAGMA data_version` changed). Secrets in it zeroize when dropped, as everywhere else.
+#[derive(Default)]
+struct SendCache {
+    /// `PRAGMA data_version` when the entries were read.
+    data_version: Option<i64>,
+    /// `None`: no session (or none with a sending chain).
+    states: std::collections::HashMap<SessionAddress, Option<SendState>>,
+}
+
+/// Past this many entries the send cache starts over (about 300 bytes each).
+const SEND_CACHE_MAX: usize = 100_000;
 
 impl<C: BorrowMut<Connection>> std::fmt::Debug for SqliteStore<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,7 +133,7 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             tx.execute("INSERT INTO omemo_schema (version) VALUES (?1)", [version as i64 + 1])?;
             tx.commit()?;
         }
-        Ok(Self { conn })
+        Ok(Self { conn, send_cache: Default::default() })
     }
 
     /// The schema version in the database.
@@ -376,7 +393,20 @@ impl<C: BorrowMut<Connection>> SessionStore for SqliteStore<C> {
     }
 
     fn send_states(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SendState>>, StoreError> {
-        Ok(self.session_rows(addrs, SendState::from_record_bytes)?.into_iter().map(Option::flatten).collect())
+        let version: i64 = self.c().query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let mut cache = self.send_cache.borrow_mut();
+        if cache.data_version != Some(version) || cache.states.len() > SEND_CACHE_MAX {
+            cache.states.clear();
+            cache.data_version = Some(version);
+        }
+        let missing: Vec<SessionAddress> = addrs.iter().filter(|a| !cache.states.contains_key(*a)).cloned().collect();
+        if !missing.is_empty() {
+            let read = self.session_rows(&missing, SendState::from_record_bytes)?;
+            for (addr, state) in missing.into_iter().zip(read) {
+                cache.states.insert(addr, state.flatten());
+            }
+        }
+        Ok(addrs.iter().map(|a| cache.states.get(a).cloned().flatten()).collect())
     }
 
     fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError> {
@@ -581,7 +611,9 @@ impl<C: BorrowMut<Connection>> Store for SqliteStore<C> {
 impl<C: BorrowMut<Connection>> SqliteStore<C> {
     /// Applies a change set and the application's own writes (`also`, e.g. the decrypted message into
     /// its history) in one transaction: both are committed, or neither. A crash can then never leave a
-    /// ratchet advanced past a message the application did not keep.
+    /// ratchet advanced past a message the application did not keep. `also` writes the application's
+    /// tables, never this store's (`omemo_…`): the store keeps what it read of them in step with its
+    /// own change sets.
     pub fn apply_with(
         &mut self,
         changes: &Changes,
@@ -737,6 +769,19 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
         }
         also(&tx)?;
         tx.commit()?;
+        // Committed: the cached send states follow (a written record is read again when asked for; a
+        // step moves the cached chain on, as reading the record with it would).
+        let cache = self.send_cache.get_mut();
+        for (addr, _) in sessions {
+            cache.states.remove(addr);
+        }
+        for (addr, step) in session_steps {
+            if let Some(Some(state)) = cache.states.get_mut(addr) {
+                if state.apply_step(step).is_err() {
+                    cache.states.remove(addr);
+                }
+            }
+        }
         Ok(())
     }
 }

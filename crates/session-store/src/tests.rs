@@ -658,6 +658,62 @@ mod sqlite_store {
         let _ = std::fs::remove_file(&dir);
     }
 
+    /// The send states the store keeps between group sends follow its own change sets (a step, a whole
+    /// record) and what another connection commits to the same file.
+    #[test]
+    fn kept_send_states_follow_every_write() {
+        let dir = std::env::temp_dir().join(format!("omemo-send-cache-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut n = 0;
+        let mut p = Pair::new_ns(
+            || {
+                n += 1;
+                let path = dir.join(format!("{n}.sqlite3"));
+                let _ = std::fs::remove_file(&path);
+                SqliteStore::open(path).unwrap()
+            },
+            41,
+            Namespace::Twomemo,
+        );
+        p.start();
+        let k = p.a_to_b(b"hello");
+        p.b_reads(&k.data).unwrap();
+        let k = p.b_to_a(b"answer");
+        p.a_reads(&k.data).unwrap();
+        let to_b = Pair::<SqliteStore<rusqlite::Connection>>::addr_in(&p.b, p.ns);
+        let ghost = SessionAddress::new(p.ns, "ghost@example.org", 9);
+        let asked = [to_b.clone(), ghost.clone()];
+        let before = p.a.send_states(&asked).unwrap();
+        assert!(before[1].is_none());
+        let our = p.a.account().unwrap().unwrap().local_identity();
+        // Our own group sends: steps, read back as the whole record gives them.
+        for i in 0..3u8 {
+            let mut rec = p.a.session(&to_b).unwrap().unwrap();
+            rec.encrypt(&our, &[i; 32]).unwrap();
+            p.a.apply(&Changes { session_steps: vec![(to_b.clone(), rec.send_step().unwrap())], ..Changes::default() })
+                .unwrap();
+            send_states_agree(&p.a, &asked);
+        }
+        // Another connection to the same file sends a 1:1 message (a whole record) and creates a session
+        // for a device that had none.
+        let mut other = SqliteStore::open(p.a.path().unwrap()).unwrap();
+        let acc = other.account().unwrap().unwrap();
+        let mut ch = Changes::default();
+        session::encrypt(&other, &acc, &to_b, b"from elsewhere", &mut ch).unwrap();
+        let good = other.session(&to_b).unwrap().unwrap();
+        ch.sessions.push((ghost.clone(), good));
+        other.apply(&ch).unwrap();
+        let after = p.a.send_states(&asked).unwrap();
+        assert!(after.iter().all(Option::is_some));
+        assert!(!after[0].as_ref().unwrap().same_as(before[0].as_ref().unwrap()));
+        send_states_agree(&p.a, &asked);
+        // Our own whole-record write (a 1:1 message) too.
+        p.a_to_b(b"one more");
+        send_states_agree(&p.a, &asked);
+        drop((p, other));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Several connections opening the same new file at once: each migration runs once.
     #[test]
     fn concurrent_first_open_migrates_once() {
