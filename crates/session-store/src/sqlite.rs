@@ -55,24 +55,31 @@ fn record_with_step(record: &[u8], step: Option<&[u8]>) -> Result<SessionRecord,
 /// `omemo_schema`.
 pub struct SqliteStore<C: BorrowMut<Connection>> {
     conn: C,
-    /// What group sends read of each device's session, kept from send to send (see [`SendCache`]).
-    send_cache: std::cell::RefCell<SendCache>,
+    /// What group sends read, kept from send to send (see [`ReadCache`]).
+    cache: std::cell::RefCell<ReadCache>,
 }
 
-/// The send states a group send read, kept so that the next send of the same room reads only what
-/// changed. Kept in step with every change set this store commits (a stored step is applied to the
-/// cached state, a written record drops it); dropped whole when another connection committed to the
-/// database (`PRAGMA data_version` changed). Secrets in it zeroize when dropped, as everywhere else.
+/// What a group send reads (send states, device lists, trust), kept so that the next send of the same
+/// room reads only what changed. Kept in step with every change set this store commits (a stored step
+/// is applied to the cached send state; a written record, device list or trust decision replaces what
+/// was kept); dropped whole when another connection committed to the database (`PRAGMA data_version`
+/// changed). Secrets in it zeroize when dropped, as everywhere else.
 #[derive(Default)]
-struct SendCache {
+struct ReadCache {
     /// `PRAGMA data_version` when the entries were read.
     data_version: Option<i64>,
     /// `None`: no session (or none with a sending chain).
     states: std::collections::HashMap<SessionAddress, Option<SendState>>,
+    /// Per namespace and JID: the active devices (`None`: no list seen).
+    devices: std::collections::HashMap<Namespace, std::collections::HashMap<String, Option<Vec<DeviceId>>>>,
+    /// Per JID and identity key: the decision (`None`: none).
+    trust: std::collections::HashMap<String, std::collections::HashMap<[u8; 32], Option<TrustLevel>>>,
+    /// Entries kept (all maps).
+    entries: usize,
 }
 
-/// Past this many entries the send cache starts over (about 300 bytes each).
-const SEND_CACHE_MAX: usize = 100_000;
+/// Past this many entries the cache starts over (a few hundred bytes each at most).
+const CACHE_MAX: usize = 200_000;
 
 impl<C: BorrowMut<Connection>> std::fmt::Debug for SqliteStore<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,7 +140,7 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             tx.execute("INSERT INTO omemo_schema (version) VALUES (?1)", [version as i64 + 1])?;
             tx.commit()?;
         }
-        Ok(Self { conn, send_cache: Default::default() })
+        Ok(Self { conn, cache: Default::default() })
     }
 
     /// The schema version in the database.
@@ -162,6 +169,17 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
 
     fn c(&self) -> &Connection {
         self.conn.borrow()
+    }
+
+    /// The read cache, emptied first if another connection committed since it was filled (or it grew
+    /// past [`CACHE_MAX`]).
+    fn fresh_cache(&self) -> Result<std::cell::RefMut<'_, ReadCache>, StoreError> {
+        let version: i64 = self.c().query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let mut cache = self.cache.borrow_mut();
+        if cache.data_version != Some(version) || cache.entries > CACHE_MAX {
+            *cache = ReadCache { data_version: Some(version), ..ReadCache::default() };
+        }
+        Ok(cache)
     }
 }
 
@@ -393,15 +411,11 @@ impl<C: BorrowMut<Connection>> SessionStore for SqliteStore<C> {
     }
 
     fn send_states(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SendState>>, StoreError> {
-        let version: i64 = self.c().query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        let mut cache = self.send_cache.borrow_mut();
-        if cache.data_version != Some(version) || cache.states.len() > SEND_CACHE_MAX {
-            cache.states.clear();
-            cache.data_version = Some(version);
-        }
+        let mut cache = self.fresh_cache()?;
         let missing: Vec<SessionAddress> = addrs.iter().filter(|a| !cache.states.contains_key(*a)).cloned().collect();
         if !missing.is_empty() {
             let read = self.session_rows(&missing, SendState::from_record_bytes)?;
+            cache.entries += missing.len();
             for (addr, state) in missing.into_iter().zip(read) {
                 cache.states.insert(addr, state.flatten());
             }
@@ -447,6 +461,24 @@ impl<C: BorrowMut<Connection>> IdentityStore for SqliteStore<C> {
     }
 
     fn trusts(&self, keys: &[(&str, PublicKey)]) -> Result<Vec<Option<TrustLevel>>, StoreError> {
+        let mut cache = self.fresh_cache()?;
+        let kept = |c: &ReadCache, j: &str, k: &PublicKey| c.trust.get(j).and_then(|of| of.get(k.as_bytes())).copied();
+        let missing: Vec<(&str, PublicKey)> =
+            keys.iter().filter(|(j, k)| kept(&cache, j, k).is_none()).copied().collect();
+        if !missing.is_empty() {
+            let read = self.read_trusts(&missing)?;
+            cache.entries += missing.len();
+            for ((j, k), level) in missing.into_iter().zip(read) {
+                cache.trust.entry(j.to_owned()).or_default().insert(*k.as_bytes(), level);
+            }
+        }
+        Ok(keys.iter().map(|(j, k)| kept(&cache, j, k).flatten()).collect())
+    }
+}
+
+impl<C: BorrowMut<Connection>> SqliteStore<C> {
+    /// [`IdentityStore::trusts`] from the database.
+    fn read_trusts(&self, keys: &[(&str, PublicKey)]) -> Result<Vec<Option<TrustLevel>>, StoreError> {
         if keys.len() < SCAN_FROM {
             return keys.iter().map(|(j, k)| self.trust(j, k)).collect();
         }
@@ -503,6 +535,25 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
     }
 
     fn device_lists(&self, ns: Namespace, jids: &[&str]) -> Result<Vec<Option<Vec<DeviceId>>>, StoreError> {
+        let mut cache = self.fresh_cache()?;
+        let missing: Vec<&str> =
+            jids.iter().filter(|j| !cache.devices.get(&ns).is_some_and(|of| of.contains_key(**j))).copied().collect();
+        if !missing.is_empty() {
+            let read = self.read_device_lists(ns, &missing)?;
+            cache.entries += missing.len();
+            let of = cache.devices.entry(ns).or_default();
+            for (j, list) in missing.into_iter().zip(read) {
+                of.insert(j.to_owned(), list);
+            }
+        }
+        let of = cache.devices.get(&ns);
+        Ok(jids.iter().map(|j| of.and_then(|of| of.get(*j)).cloned().flatten()).collect())
+    }
+}
+
+impl<C: BorrowMut<Connection>> SqliteStore<C> {
+    /// [`DeviceListStore::device_lists`] from the database.
+    fn read_device_lists(&self, ns: Namespace, jids: &[&str]) -> Result<Vec<Option<Vec<DeviceId>>>, StoreError> {
         if jids.len() < SCAN_FROM {
             return jids.iter().map(|j| self.device_list(ns, j)).collect();
         }
@@ -771,9 +822,19 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
         tx.commit()?;
         // Committed: the cached send states follow (a written record is read again when asked for; a
         // step moves the cached chain on, as reading the record with it would).
-        let cache = self.send_cache.get_mut();
+        let cache = self.cache.get_mut();
         for (addr, _) in sessions {
             cache.states.remove(addr);
+        }
+        for (ns, jid, _) in device_lists {
+            if let Some(of) = cache.devices.get_mut(ns) {
+                of.remove(jid);
+            }
+        }
+        for (jid, key, level) in trust {
+            if let Some(of) = cache.trust.get_mut(jid) {
+                of.insert(*key.as_bytes(), Some(*level));
+            }
         }
         for (addr, step) in session_steps {
             if let Some(Some(state)) = cache.states.get_mut(addr) {

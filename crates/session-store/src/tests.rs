@@ -658,10 +658,10 @@ mod sqlite_store {
         let _ = std::fs::remove_file(&dir);
     }
 
-    /// The send states the store keeps between group sends follow its own change sets (a step, a whole
-    /// record) and what another connection commits to the same file.
+    /// What the store keeps between group sends (send states, device lists, trust) follows its own
+    /// change sets and what another connection commits to the same file.
     #[test]
-    fn kept_send_states_follow_every_write() {
+    fn kept_reads_follow_every_write() {
         let dir = std::env::temp_dir().join(format!("omemo-send-cache-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut n = 0;
@@ -710,6 +710,32 @@ mod sqlite_store {
         // Our own whole-record write (a 1:1 message) too.
         p.a_to_b(b"one more");
         send_states_agree(&p.a, &asked);
+        // Device lists and trust, kept the same way: written here, written by the other connection.
+        let jids = ["m1@example.org", "m2@example.org", "m3@example.org"];
+        let key = p.a.session(&to_b).unwrap().unwrap().remote_identity().unwrap();
+        let keys: Vec<(&str, PublicKey)> = jids.iter().map(|j| (*j, key)).collect();
+        let agree = |s: &SqliteStore<rusqlite::Connection>| {
+            let one: Vec<_> = jids.iter().map(|j| s.device_list(p.ns, j).unwrap()).collect();
+            assert_eq!(one, s.device_lists(p.ns, &jids).unwrap());
+            let one: Vec<_> = keys.iter().map(|(j, k)| s.trust(j, k).unwrap()).collect();
+            assert_eq!(one, s.trusts(&keys).unwrap());
+            one
+        };
+        assert_eq!(agree(&p.a), vec![None; 3]);
+        let mut ch = Changes::default();
+        ch.device_lists.push((p.ns, jids[0].into(), vec![5, 3]));
+        ch.trust.push((jids[1].into(), key, TrustLevel::Verified));
+        p.a.apply(&ch).unwrap();
+        assert_eq!(agree(&p.a)[1], Some(TrustLevel::Verified));
+        assert_eq!(p.a.device_lists(p.ns, &jids).unwrap()[0], Some(vec![3, 5]));
+        let mut ch = Changes::default();
+        ch.device_lists.push((p.ns, jids[0].into(), vec![4]));
+        ch.device_lists.push((p.ns, jids[2].into(), vec![8]));
+        ch.trust.push((jids[1].into(), key, TrustLevel::Distrusted));
+        ch.trust.push((jids[2].into(), key, TrustLevel::Verified));
+        other.apply(&ch).unwrap();
+        assert_eq!(agree(&p.a), vec![None, Some(TrustLevel::Distrusted), Some(TrustLevel::Verified)]);
+        assert_eq!(p.a.device_lists(p.ns, &jids).unwrap(), vec![Some(vec![4]), None, Some(vec![8])]);
         drop((p, other));
         let _ = std::fs::remove_dir_all(&dir);
     }
