@@ -254,12 +254,16 @@ pub fn encrypt_group_message(
             (addr, session::initiate_record(&account, addr.namespace, bundle, &mut rng), scratch)
         })
         .collect();
+    // What is stored for these devices (archived states, a state that cannot send), read at once.
+    let built_ok: Vec<SessionAddress> =
+        built.iter().filter(|(_, r, _)| r.is_ok()).map(|(a, _, _)| SessionAddress::clone(a)).collect();
+    let mut stored = store.sessions(&built_ok)?.into_iter();
     for (addr, result, scratch) in built {
         match result {
             Ok(fresh) => {
                 // The identity seen in the bundle is kept only with the session it built.
                 changes.merge(scratch);
-                let mut record = store.session(addr)?.unwrap_or_default();
+                let mut record = stored.next().flatten().unwrap_or_default();
                 record.absorb(fresh);
                 changes.sessions.push((addr.clone(), record));
             }
