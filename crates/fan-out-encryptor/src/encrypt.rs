@@ -112,47 +112,31 @@ impl EncryptedMessage {
     }
 }
 
-/// The key elements of one message as the devices are encrypted for, one by one: 0.3 keys in a list,
-/// OMEMO 2 keys grouped per bare JID (through an index: a room has thousands of JIDs, a linear search
-/// per device would be quadratic). `O` and `N` are the keys of each namespace: the `xmpp_parsers`
-/// structs (a 1:1 message), or elements built in parallel (a group message).
-#[derive(Debug)]
-pub(crate) struct KeyElements<O, N> {
-    old: Vec<O>,
-    new: Vec<(String, Vec<N>)>,
+/// The key elements of a 1:1 message as the devices are encrypted for, one by one: 0.3 keys in a list,
+/// OMEMO 2 keys grouped per bare JID (through an index, not a search per device). A group message
+/// writes its keys as text instead ([`GroupKeys`]).
+#[derive(Debug, Default)]
+pub(crate) struct KeyElements {
+    old: Vec<legacy_omemo::Key>,
+    new: Vec<(String, Vec<v2::Key>)>,
     group_of: HashMap<String, usize>,
 }
 
-impl<O, N> Default for KeyElements<O, N> {
-    fn default() -> Self {
-        Self { old: Vec::new(), new: Vec::new(), group_of: HashMap::new() }
-    }
-}
-
-impl<O, N> KeyElements<O, N> {
-    /// Adds the key of a 0.3 device.
-    pub(crate) fn push_old(&mut self, key: O) {
-        self.old.push(key);
-    }
-
-    /// Adds the key of an OMEMO 2 device of `jid`.
-    pub(crate) fn push_new(&mut self, jid: &str, key: N) {
-        match self.group_of.get(jid).and_then(|&i| self.new.get_mut(i)) {
-            Some((_, group)) => group.push(key),
-            None => {
-                self.group_of.insert(jid.to_owned(), self.new.len());
-                self.new.push((jid.to_owned(), vec![key]));
-            }
-        }
-    }
-}
-
-impl KeyElements<legacy_omemo::Key, v2::Key> {
+impl KeyElements {
     /// Adds the key element for `addr`.
     pub(crate) fn push(&mut self, addr: &SessionAddress, data: Vec<u8>, kex: bool) {
         match addr.namespace {
-            Namespace::Oldmemo => self.push_old(legacy_omemo::Key { rid: addr.device, prekey: kex, data }),
-            _ => self.push_new(&addr.jid, v2::Key { rid: addr.device, kex: kex.then_some(true), data }),
+            Namespace::Oldmemo => self.old.push(legacy_omemo::Key { rid: addr.device, prekey: kex, data }),
+            _ => {
+                let key = v2::Key { rid: addr.device, kex: kex.then_some(true), data };
+                match self.group_of.get(&addr.jid).and_then(|&i| self.new.get_mut(i)) {
+                    Some((_, group)) => group.push(key),
+                    None => {
+                        self.group_of.insert(addr.jid.clone(), self.new.len());
+                        self.new.push((addr.jid.clone(), vec![key]));
+                    }
+                }
+            }
         }
     }
 

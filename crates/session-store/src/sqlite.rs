@@ -412,15 +412,31 @@ impl<C: BorrowMut<Connection>> SessionStore for SqliteStore<C> {
 
     fn send_states(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SendState>>, StoreError> {
         let mut cache = self.fresh_cache()?;
-        let missing: Vec<SessionAddress> = addrs.iter().filter(|a| !cache.states.contains_key(*a)).cloned().collect();
-        if !missing.is_empty() {
-            let read = self.session_rows(&missing, SendState::from_record_bytes)?;
-            cache.entries += missing.len();
-            for (addr, state) in missing.into_iter().zip(read) {
-                cache.states.insert(addr, state.flatten());
+        // One lookup per address: what is kept is answered at once, the rest is read in one batch.
+        let mut out = Vec::with_capacity(addrs.len());
+        let mut missing: Vec<(usize, SessionAddress)> = Vec::new();
+        for (i, a) in addrs.iter().enumerate() {
+            match cache.states.get(a) {
+                Some(kept) => out.push(kept.clone()),
+                None => {
+                    out.push(None);
+                    missing.push((i, a.clone()));
+                }
             }
         }
-        Ok(addrs.iter().map(|a| cache.states.get(a).cloned().flatten()).collect())
+        if !missing.is_empty() {
+            let (at, wanted): (Vec<usize>, Vec<SessionAddress>) = missing.into_iter().unzip();
+            let read = self.session_rows(&wanted, SendState::from_record_bytes)?;
+            cache.entries += wanted.len();
+            for ((i, addr), state) in at.into_iter().zip(wanted).zip(read) {
+                let state = state.flatten();
+                if let Some(slot) = out.get_mut(i) {
+                    slot.clone_from(&state);
+                }
+                cache.states.insert(addr, state);
+            }
+        }
+        Ok(out)
     }
 
     fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError> {

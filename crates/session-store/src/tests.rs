@@ -562,6 +562,19 @@ macro_rules! store_conformance_tests {
                 assert_eq!(p.a.session(&ghost).unwrap().unwrap().to_bytes(), good.to_bytes());
                 let both = (0..40).map(|i| if i % 2 == 0 { ghost.clone() } else { to_b.clone() }).collect::<Vec<_>>();
                 assert!(p.a.sessions(&both).unwrap().iter().all(|r| r.as_ref().map(SessionRecord::to_bytes) == Some(good.to_bytes())));
+                // Several orphan steps in a row just before a session whose own step must be found.
+                let mut ahead = good.clone();
+                ahead.encrypt(&our, &[7; 32]).unwrap();
+                let mut steps: Vec<(SessionAddress, _)> = ["a1@example.org", "a2@example.org", "a3@example.org"]
+                    .iter()
+                    .map(|j| (SessionAddress::new(p.ns, *j, 1), rec.send_step().unwrap()))
+                    .collect();
+                steps.push((to_b.clone(), ahead.send_step().unwrap()));
+                p.a.apply(&Changes { session_steps: steps, ..Changes::default() }).unwrap();
+                assert_eq!(p.a.session(&to_b).unwrap().unwrap().to_bytes(), ahead.to_bytes());
+                assert!(p.a.sessions(&both).unwrap().iter().step_by(2).all(|r| r.as_ref().map(SessionRecord::to_bytes) == Some(good.to_bytes())));
+                assert!(p.a.sessions(&both).unwrap().iter().skip(1).step_by(2).all(|r| r.as_ref().map(SessionRecord::to_bytes) == Some(ahead.to_bytes())));
+                send_states_agree(&p.a, &both);
                 // Batch reads agree with single reads, below and above the size where a store may scan.
                 for n in [5usize, 70] {
                     let addrs: Vec<SessionAddress> = (0..n)

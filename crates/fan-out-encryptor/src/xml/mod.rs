@@ -78,6 +78,24 @@ pub(crate) fn check_header_limits(encrypted: &Element) -> Result<(), XmlError> {
     Ok(())
 }
 
+/// An [`XmlError::Invalid`] for `element`.
+pub(crate) fn invalid(element: &'static str, detail: impl ToString) -> XmlError {
+    XmlError::Invalid { element, detail: detail.to_string() }
+}
+
+/// Reads an `<encrypted>` element as the struct of its namespace: the header limits checked first,
+/// base64 whitespace tolerated.
+pub(crate) fn read_encrypted<T, E>(elem: &Element) -> Result<T, XmlError>
+where
+    T: TryFrom<Element, Error = E>,
+    E: std::fmt::Display,
+{
+    check_header_limits(elem)?;
+    let mut elem = elem.clone();
+    strip_base64_whitespace(&mut elem);
+    T::try_from(elem).map_err(|e| invalid("encrypted", e))
+}
+
 /// The valid device ids (1..2^31-1) of a published list, deduplicated, in order.
 pub(crate) fn valid_device_ids(ids: impl IntoIterator<Item = u32>) -> Vec<session_store::DeviceId> {
     let mut out: Vec<session_store::DeviceId> = Vec::new();

@@ -72,6 +72,39 @@ pub(crate) fn base64_element(out: &mut String, name: &str, ns: Option<&str>, att
     end(out, name);
 }
 
+/// Appends an OMEMO `<key rid='…'>` with its data in base64, and the one flag its namespace may set
+/// (`prekey` in OMEMO 0.3, `kex` in OMEMO 2), inside the `<header>` (or `<keys>`) of that namespace.
+pub(crate) fn key(out: &mut String, rid: u32, flag: Option<(&str, &str)>, data: &[u8]) {
+    let mut buf = [0; 10];
+    let rid = decimal(rid, &mut buf);
+    match flag {
+        None => base64_element(out, "key", None, &[("rid", rid)], data),
+        Some(flag) => base64_element(out, "key", None, &[("rid", rid), flag], data),
+    }
+}
+
+/// Appends the frame both OMEMO namespaces share: `<encrypted xmlns='ns'><header sid='…'>`, what
+/// `header` writes, `</header>`, the `<payload>` if there is one, `</encrypted>`.
+pub(crate) fn encrypted(
+    out: &mut String,
+    ns: &str,
+    sid: u32,
+    header: impl FnOnce(&mut String),
+    payload: Option<&[u8]>,
+) {
+    let mut buf = [0; 10];
+    start(out, "encrypted", Some(ns), &[]);
+    out.push('>');
+    start(out, "header", None, &[("sid", decimal(sid, &mut buf))]);
+    out.push('>');
+    header(out);
+    end(out, "header");
+    if let Some(p) = payload {
+        base64_element(out, "payload", None, &[], p);
+    }
+    end(out, "encrypted");
+}
+
 /// The decimal digits of a device id, without an allocation.
 pub(crate) fn decimal(n: u32, buf: &mut [u8; 10]) -> &str {
     let mut i = buf.len();

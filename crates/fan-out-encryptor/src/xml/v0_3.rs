@@ -7,7 +7,7 @@ use xmpp_parsers::legacy_omemo::{
     SignedPreKeySignature,
 };
 
-use super::strip_base64_whitespace;
+use super::{invalid, strip_base64_whitespace};
 use crate::error::XmlError;
 
 /// The namespace.
@@ -17,10 +17,6 @@ pub const DEVICE_LIST_NODE: &str = "eu.siacs.conversations.axolotl.devicelist";
 /// The PEP node of one device's bundle.
 pub fn bundle_node(device: DeviceId) -> String {
     format!("eu.siacs.conversations.axolotl.bundles:{device}")
-}
-
-fn invalid(element: &'static str, detail: impl ToString) -> XmlError {
-    XmlError::Invalid { element, detail: detail.to_string() }
 }
 
 /// Reads a `<list>`: valid device ids, deduplicated, in order.
@@ -116,13 +112,7 @@ pub fn encrypted_element(sid: DeviceId, keys: Vec<Element>, iv: &[u8], payload: 
 
 /// Appends, as text, the `<key>` element [`key_element`] builds (inside a `<header>` of this namespace).
 pub(crate) fn write_key(out: &mut String, rid: DeviceId, prekey: bool, data: &[u8]) {
-    let mut buf = [0; 10];
-    let rid = super::text::decimal(rid, &mut buf);
-    if prekey {
-        super::text::base64_element(out, "key", None, &[("rid", rid), ("prekey", "true")], data);
-    } else {
-        super::text::base64_element(out, "key", None, &[("rid", rid)], data);
-    }
+    super::text::key(out, rid, prekey.then_some(("prekey", "true")), data);
 }
 
 /// Appends, as text, the `<encrypted>` element [`encrypted_element`] builds, from keys written by
@@ -134,29 +124,18 @@ pub(crate) fn write_encrypted<'a>(
     iv: &[u8],
     payload: Option<&[u8]>,
 ) {
-    use super::text::{base64_element, end, start};
-    let mut buf = [0; 10];
-    start(out, "encrypted", Some(NS), &[]);
-    out.push('>');
-    start(out, "header", None, &[("sid", super::text::decimal(sid, &mut buf))]);
-    out.push('>');
-    for key in keys {
-        out.push_str(key);
-    }
-    base64_element(out, "iv", None, &[], iv);
-    end(out, "header");
-    if let Some(p) = payload {
-        base64_element(out, "payload", None, &[], p);
-    }
-    end(out, "encrypted");
+    let header = |out: &mut String| {
+        for key in keys {
+            out.push_str(key);
+        }
+        super::text::base64_element(out, "iv", None, &[], iv);
+    };
+    super::text::encrypted(out, NS, sid, header, payload);
 }
 
 /// Reads an `<encrypted>` element (base64 whitespace tolerated; `prekey` may be `true` or `1`).
 pub fn parse_encrypted(elem: &Element) -> Result<Encrypted, XmlError> {
-    super::check_header_limits(elem)?;
-    let mut elem = elem.clone();
-    strip_base64_whitespace(&mut elem);
-    Encrypted::try_from(elem).map_err(|e| invalid("encrypted", e))
+    super::read_encrypted(elem)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use minidom::Element;
 use session_store::{keys::ed25519_to_curve25519, DeviceId, PreKeyBundle, PublicKey};
 use xso::{text::Base64, AsXml, FromXml};
 
-use super::strip_base64_whitespace;
+use super::{invalid, strip_base64_whitespace};
 use crate::error::XmlError;
 
 /// The namespace.
@@ -181,10 +181,6 @@ impl Encrypted {
     }
 }
 
-fn invalid(element: &'static str, detail: impl ToString) -> XmlError {
-    XmlError::Invalid { element, detail: detail.to_string() }
-}
-
 /// Reads a `<devices>` list: valid ids, deduplicated, in order.
 pub fn parse_device_list(elem: &Element) -> Result<Vec<DeviceId>, XmlError> {
     let list = Devices::try_from(elem.clone()).map_err(|e| invalid("devices", e))?;
@@ -270,15 +266,7 @@ pub fn encrypted_element(sid: DeviceId, groups: Vec<(String, Vec<Element>)>, pay
 
 /// Appends, as text, the `<key>` element [`key_element`] builds (inside a `<keys>` of this namespace).
 pub(crate) fn write_key(out: &mut String, rid: DeviceId, kex: Option<bool>, data: &[u8]) {
-    let mut buf = [0; 10];
-    let rid = super::text::decimal(rid, &mut buf);
-    match kex {
-        None => super::text::base64_element(out, "key", None, &[("rid", rid)], data),
-        Some(kex) => {
-            let kex = if kex { "true" } else { "false" };
-            super::text::base64_element(out, "key", None, &[("rid", rid), ("kex", kex)], data);
-        }
-    }
+    super::text::key(out, rid, kex.map(|kex| ("kex", if kex { "true" } else { "false" })), data);
 }
 
 /// Appends, as text, the `<encrypted>` element [`encrypted_element`] builds, from keys written by
@@ -290,24 +278,17 @@ pub(crate) fn write_encrypted<'a, K: IntoIterator<Item = &'a str>>(
     payload: Option<&[u8]>,
 ) {
     use super::text::{end, start};
-    let mut buf = [0; 10];
-    start(out, "encrypted", Some(NS), &[]);
-    out.push('>');
-    start(out, "header", None, &[("sid", super::text::decimal(sid, &mut buf))]);
-    out.push('>');
-    for (jid, keys) in groups {
-        start(out, "keys", None, &[("jid", jid)]);
-        out.push('>');
-        for key in keys {
-            out.push_str(key);
+    let header = |out: &mut String| {
+        for (jid, keys) in groups {
+            start(out, "keys", None, &[("jid", jid)]);
+            out.push('>');
+            for key in keys {
+                out.push_str(key);
+            }
+            end(out, "keys");
         }
-        end(out, "keys");
-    }
-    end(out, "header");
-    if let Some(p) = payload {
-        super::text::base64_element(out, "payload", None, &[], p);
-    }
-    end(out, "encrypted");
+    };
+    super::text::encrypted(out, NS, sid, header, payload);
 }
 
 impl Encrypted {
@@ -326,10 +307,7 @@ impl Encrypted {
 
 /// Reads an `<encrypted>` element (base64 whitespace tolerated; `kex` may be `true` or `1`).
 pub fn parse_encrypted(elem: &Element) -> Result<Encrypted, XmlError> {
-    super::check_header_limits(elem)?;
-    let mut elem = elem.clone();
-    strip_base64_whitespace(&mut elem);
-    Encrypted::try_from(elem).map_err(|e| invalid("encrypted", e))
+    super::read_encrypted(elem)
 }
 
 #[cfg(test)]
