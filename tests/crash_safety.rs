@@ -19,7 +19,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use fan_out_encryptor::group::{receive_group_message, GroupOptions, Inbound};
+use fan_out_encryptor::group::{
+    encrypt_group_message, plan_group_message, receive_group_message, GroupOptions, Inbound, MissingDevicePolicy,
+};
 use minidom::Element;
 use omemo_muc::world::{DeviceSpec, Posted, World};
 use rand_chacha::{rand_core::SeedableRng, ChaCha20Rng};
@@ -110,6 +112,23 @@ fn receive(w: &mut World<Sql>, to: usize, m: usize, rng: &mut ChaCha20Rng) -> In
     inbound
 }
 
+/// Why a send failed: the coverage the same send reports when it may leave members out (nothing is
+/// committed).
+fn explain(w: &mut World<Sql>, from: usize) -> String {
+    let opts = GroupOptions { missing: MissingDevicePolicy::BestEffort, ..GroupOptions::default() };
+    let d = &w.devices[from];
+    let plan = match plan_group_message(&d.store, &d.room, opts.choice) {
+        Ok(p) => p,
+        Err(e) => return format!("no plan: {e:?}"),
+    };
+    let bundles: Vec<_> = plan.need_bundles.iter().map(|a| (a.clone(), w.bundle(a))).collect();
+    let mut rng = ChaCha20Rng::seed_from_u64(0);
+    match encrypt_group_message(&d.store, &d.room, "?", &bundles, &opts, w.now() + 1, &mut rng) {
+        Ok(msg) => format!("plan {plan:?}; best effort: {:?}", msg.coverage),
+        Err(e) => format!("plan {plan:?}; best effort fails too: {e:?}"),
+    }
+}
+
 /// The child: sends and receives until it is killed (bounded in steps and time all the same).
 fn child(dir: &Path) {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -128,7 +147,10 @@ fn child(dir: &Path) {
         let who = (x % 2) as usize;
         if x % 5 < 2 {
             let text = format!("message {} from {who}", w.posted.len());
-            let (m, _) = w.send(who, &text, &GroupOptions::default()).unwrap();
+            let m = match w.send(who, &text, &GroupOptions::default()) {
+                Ok((m, _)) => m,
+                Err(e) => panic!("child: device {who} could not send: {e:?}; {}", explain(&mut w, who)),
+            };
             append_wire(dir, &w.posted[m]);
         } else {
             // Read the next message from the other device that is not in the history yet.
