@@ -112,7 +112,31 @@ fn mixed_room_round_trip_reflection_and_duplicates() {
             let reply = w.best_effort(from, &format!("reply {from}.{round}"));
             assert_eq!(w.plaintext(0, reply), format!("reply {from}.{round}"));
         }
+        // Each answer brought a new ratchet key: decrypting did only the receiving half of that DH step,
+        // the sending half waits in the record until the next message to that device.
+        assert_eq!(ratchet_steps_waiting(&w, 0), 4, "round {round}");
     }
+    // The next message does them (whole records, written with the send), and everyone decrypts it.
+    let m = w.send(0, "after the answers");
+    assert_eq!(ratchet_steps_waiting(&w, 0), 0);
+    for to in 1..5 {
+        assert_eq!(w.plaintext(to, m), "after the answers", "device {to}");
+    }
+}
+
+/// How many of device `i`'s sessions with the other devices wait for the sending half of a DH ratchet
+/// step.
+fn ratchet_steps_waiting(w: &W, i: usize) -> usize {
+    use session_store::{SessionAddress, SessionStore};
+    let store = &w.devices[i].store;
+    let mut n = 0;
+    for d in w.devices.iter().filter(|d| d.device_id != w.devices[i].device_id) {
+        for ns in [Namespace::Oldmemo, Namespace::Twomemo] {
+            let rec = store.session(&SessionAddress::new(ns, d.jid.clone(), d.device_id)).unwrap();
+            n += usize::from(rec.is_some_and(|r| r.ratchet_due()));
+        }
+    }
+    n
 }
 
 #[test]

@@ -271,6 +271,33 @@ pub fn encrypt_group_message(
         }
     }
 
+    // Devices that sent a new ratchet key since our last message: the sending half of that DH ratchet
+    // step waits in their records (decrypting does only the receiving half). Their whole records are
+    // read at once, the steps done in parallel, and the records written whole with this send.
+    let due: Vec<SessionAddress> = devices
+        .iter()
+        .zip(&loaded)
+        .filter(|(_, s)| s.as_ref().is_some_and(SendState::ratchet_due))
+        .map(|(a, _)| a.clone())
+        .collect();
+    if !due.is_empty() {
+        let records = store.sessions(&due)?;
+        let stepped: Vec<(SessionAddress, Result<SessionRecord, SessionError>)> = due
+            .into_par_iter()
+            .zip(records)
+            .map(|(addr, record)| {
+                let stepped = record.ok_or(SessionError::NoSession).and_then(|mut r| r.complete_ratchet().map(|()| r));
+                (addr, stepped)
+            })
+            .collect();
+        for (addr, stepped) in stepped {
+            match stepped {
+                Ok(record) => changes.sessions.push((addr, record)),
+                Err(e) => coverage.devices_left_out.push((addr, Left::SessionFailed(e.to_string()))),
+            }
+        }
+    }
+
     // The records to wrap for, trust checked; read serially (a store need not be shared between threads).
     let left_out: std::collections::HashSet<SessionAddress> =
         coverage.devices_left_out.iter().map(|(a, _)| a.clone()).collect();
@@ -280,11 +307,13 @@ pub fn encrypt_group_message(
         changes.sessions.iter().enumerate().map(|(i, (a, _))| (a, i)).collect();
     for (addr, state) in devices.into_iter().zip(loaded) {
         let (state, fresh) = match state {
-            Some(s) => (Some(s), None),
+            Some(s) if !s.ratchet_due() => (Some(s), None),
+            // Its ratchet step done above (in the change set), or left out with the reason.
+            Some(_) if left_out.contains(&addr) => continue,
             // No stored session: left out above (no bundle, a bad one), or built from its bundle just
             // now (in the change set).
             None if left_out.contains(&addr) => continue,
-            None => {
+            _ => {
                 let at = built_now.get(&addr).copied();
                 (at.and_then(|i| changes.sessions.get(i)).and_then(|(_, r)| r.send_state()), at)
             }

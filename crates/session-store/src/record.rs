@@ -86,6 +86,9 @@ struct StateProto {
     received_since_send: u32,
     #[prost(uint32, tag = "17")]
     sent_since_receive: u32,
+    /// The private key of the next sending ratchet while the sending half of a DH step waits.
+    #[prost(bytes = "vec", optional, tag = "18")]
+    next_ratchet: Option<Vec<u8>>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -102,6 +105,7 @@ impl Drop for StateProto {
         self.root.zeroize();
         self.sender_private.zeroize();
         self.sender_chain.zeroize();
+        self.next_ratchet.zeroize();
     }
 }
 impl Drop for ChainProto {
@@ -146,6 +150,7 @@ fn state_to(s: &SessionState) -> StateProto {
     StateProto {
         received_since_send: s.received_since_send,
         sent_since_receive: s.sent_since_receive,
+        next_ratchet: s.next_ratchet.as_ref().map(|k| k.as_bytes().to_vec()),
         ns: s.ns.code().into(),
         remote_identity_ed25519: s.remote_identity_ed25519.map(|k| k.to_vec()),
         remote_identity: s.remote_identity.as_bytes().to_vec(),
@@ -196,7 +201,16 @@ fn state_from(p: &StateProto) -> Result<SessionState, StoreError> {
     let remote_identity_ed25519 =
         p.remote_identity_ed25519.as_deref().map(|k| arr(k, "remote Ed25519 identity")).transpose()?;
     let ns = namespace_of(p.ns, remote_identity_ed25519.is_some())?;
+    let next_ratchet = p
+        .next_ratchet
+        .as_deref()
+        .map(|k| arr(k, "next ratchet private key").map(PrivateKey::from_bytes))
+        .transpose()?;
+    if next_ratchet.is_some() && p.receiver.is_none() {
+        return Err(StoreError::Corrupt("ratchet step without a receiving chain"));
+    }
     Ok(SessionState {
+        next_ratchet,
         received_since_send: p.received_since_send,
         sent_since_receive: p.sent_since_receive,
         ns,
@@ -332,7 +346,7 @@ fn send_state_from(mut fields: Fields<'_>) -> Result<SendState, StoreError> {
     let (mut remote, mut initiator, mut base, mut public, mut chain) = (None, false, None, None, None);
     let (mut index, mut previous_counter, mut ns, mut ed25519, mut pending) = (0, 0, 0, None, None);
     let (mut received_since_send, mut sent_since_receive, mut skipped) = (0, 0, 0usize);
-    let (mut root_ok, mut private_ok) = (false, false);
+    let (mut root_ok, mut private_ok, mut ratchet_due, mut receiver) = (false, false, false, false);
     while let Some((number, f)) = fields.next_field()? {
         match number {
             1 => remote = Some(key_of(f, "remote identity")?),
@@ -347,7 +361,11 @@ fn send_state_from(mut fields: Fields<'_>) -> Result<SendState, StoreError> {
             7 => chain = Some(key_of(f, "sender chain key")?),
             8 => index = u32_of(f)?,
             9 => previous_counter = u32_of(f)?,
-            10 | 11 => {
+            10 => {
+                bytes_of(f)?;
+                receiver = true;
+            }
+            11 => {
                 bytes_of(f)?;
             }
             12 => {
@@ -370,6 +388,8 @@ fn send_state_from(mut fields: Fields<'_>) -> Result<SendState, StoreError> {
             15 => ed25519 = Some(key_of(f, "remote Ed25519 identity")?),
             16 => received_since_send = u32_of(f)?,
             17 => sent_since_receive = u32_of(f)?,
+            18 if bytes_of(f)?.len() == 32 => ratchet_due = true,
+            18 => return Err(StoreError::Corrupt("next ratchet private key")),
             _ => {}
         }
     }
@@ -381,6 +401,9 @@ fn send_state_from(mut fields: Fields<'_>) -> Result<SendState, StoreError> {
     }
     if !root_ok {
         return Err(StoreError::Corrupt("root key"));
+    }
+    if ratchet_due && !receiver {
+        return Err(StoreError::Corrupt("ratchet step without a receiving chain"));
     }
     let ns = namespace_of(ns, ed25519.is_some())?;
     Ok(SendState {
@@ -395,6 +418,7 @@ fn send_state_from(mut fields: Fields<'_>) -> Result<SendState, StoreError> {
         pending,
         received_since_send,
         sent_since_receive,
+        ratchet_due,
     })
 }
 

@@ -330,9 +330,12 @@ macro_rules! store_conformance_tests {
                     let k = p.b_to_a(&[i]);
                     p.a_reads(&k.data).unwrap();
                 }
+                // (B's last answer brought a new ratchet key: A's record also holds the private key of
+                // its next sending ratchet, 34 bytes, until A sends.)
                 let rec = p.a.session(&Pair::<_>::addr_in(&p.b, p.ns)).unwrap().unwrap();
+                assert!(rec.ratchet_due());
                 let bytes = rec.to_bytes();
-                assert!(bytes.len() <= 400, "record is {} bytes", bytes.len());
+                assert!(bytes.len() <= 440, "record is {} bytes", bytes.len());
                 assert_eq!(SessionRecord::from_bytes(&bytes).unwrap().to_bytes(), bytes);
                 for cut in 0..bytes.len() {
                     let _ = SessionRecord::from_bytes(&bytes[..cut]);
@@ -514,8 +517,21 @@ macro_rules! store_conformance_tests {
                 send_states_agree(&p.b, std::slice::from_ref(&to_a));
                 drop(lost);
                 let our = p.a.account().unwrap().unwrap().local_identity();
-                // A group send: the record advanced on a copy, only its sending chain stored.
+                // B's answer brought a new ratchet key: A's sending half of that step waits until A
+                // sends. Its sending chain is spent meanwhile: no send state can encrypt, no step applies.
                 let mut rec = p.a.session(&to_b).unwrap().unwrap();
+                assert!(rec.ratchet_due());
+                let waiting = p.a.send_states(std::slice::from_ref(&to_b)).unwrap().remove(0).unwrap();
+                assert!(waiting.ratchet_due());
+                assert!(waiting.clone().encrypt(&our, &[0; 32]).is_err());
+                let spent = rec.send_step().unwrap();
+                assert!(matches!(rec.clone().apply_step(&spent), Err(StoreError::Corrupt(_))));
+                // A group send does the step on the whole record and writes it whole.
+                rec.complete_ratchet().unwrap();
+                assert!(!rec.ratchet_due());
+                p.a.apply(&Changes { sessions: vec![(to_b.clone(), rec.clone())], ..Changes::default() }).unwrap();
+                send_states_agree(&p.a, std::slice::from_ref(&to_b));
+                // A group send: the record advanced on a copy, only its sending chain stored.
                 let mut sent = Vec::new();
                 for i in 0..3u8 {
                     let (data, kex) = rec.encrypt(&our, &[i; 32]).unwrap();
@@ -542,7 +558,8 @@ macro_rules! store_conformance_tests {
                 p.a.apply(&Changes { session_steps: vec![(to_b.clone(), foreign)], ..Changes::default() }).unwrap();
                 assert!(matches!(p.a.session(&to_b), Err(StoreError::Corrupt(_))));
                 assert!(matches!(p.a.send_states(std::slice::from_ref(&to_b)), Err(StoreError::Corrupt(_))));
-                let good = p.b.session(&to_a).unwrap().unwrap();
+                let mut good = p.b.session(&to_a).unwrap().unwrap();
+                good.complete_ratchet().unwrap();
                 p.a.apply(&Changes { sessions: vec![(to_b.clone(), good.clone())], ..Changes::default() }).unwrap();
                 assert_eq!(p.a.session(&to_b).unwrap().unwrap().to_bytes(), good.to_bytes(), "whole write wins");
                 // A delta for a device without a stored session is not kept.
@@ -702,6 +719,12 @@ mod sqlite_store {
         // Our own group sends: steps, read back as the whole record gives them.
         for i in 0..3u8 {
             let mut rec = p.a.session(&to_b).unwrap().unwrap();
+            // (The first send finishes the DH ratchet step B's answer started, on the whole record.)
+            if rec.ratchet_due() {
+                rec.complete_ratchet().unwrap();
+                p.a.apply(&Changes { sessions: vec![(to_b.clone(), rec.clone())], ..Changes::default() }).unwrap();
+                send_states_agree(&p.a, &asked);
+            }
             rec.encrypt(&our, &[i; 32]).unwrap();
             p.a.apply(&Changes { session_steps: vec![(to_b.clone(), rec.send_step().unwrap())], ..Changes::default() })
                 .unwrap();

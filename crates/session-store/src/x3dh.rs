@@ -125,6 +125,7 @@ pub(crate) fn initiate(
         pending: Some(PendingKeyExchange { pre_key_id: Some(pre_key_id), signed_pre_key_id: bundle.signed_pre_key_id }),
         received_since_send: 0,
         sent_since_receive: 0,
+        next_ratchet: None,
     })
 }
 
@@ -160,5 +161,6 @@ pub(crate) fn respond(
         pending: None,
         received_since_send: 0,
         sent_since_receive: 0,
+        next_ratchet: None,
     })
 }

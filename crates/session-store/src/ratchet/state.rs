@@ -10,7 +10,7 @@ use rand_core::CryptoRngCore;
 use super::keys::{hmac_sha256, ChainKey, MessageKeySeed, MessageKeys, RootKey};
 use crate::{
     error::SessionError,
-    keys::{ct_eq, KeyPair, PublicKey},
+    keys::{ct_eq, KeyPair, PrivateKey, PublicKey},
     namespace::Namespace,
     primitives::{aes256_cbc_decrypt, aes256_cbc_encrypt},
     wire::{
@@ -191,6 +191,11 @@ pub(crate) struct SessionState {
     pub(crate) received_since_send: u32,
     /// Messages sent since we last received on this session.
     pub(crate) sent_since_receive: u32,
+    /// The private key of our next sending ratchet, drawn when the peer's new ratchet key arrived: the
+    /// sending half of that DH ratchet step is done when we next send ([`SessionState::complete_ratchet`]),
+    /// not while decrypting. While it is set, `sender_ratchet` and `sender_chain` are spent: nothing is
+    /// sent on them.
+    pub(crate) next_ratchet: Option<PrivateKey>,
 }
 
 impl fmt::Debug for SessionState {
@@ -211,6 +216,7 @@ impl fmt::Debug for SessionState {
             pending,
             received_since_send,
             sent_since_receive,
+            next_ratchet,
         } = self;
         f.debug_struct("SessionState")
             .field("ns", ns)
@@ -223,6 +229,7 @@ impl fmt::Debug for SessionState {
             .field("pending_key_exchange", &pending.is_some())
             .field("received_since_send", received_since_send)
             .field("sent_since_receive", sent_since_receive)
+            .field("ratchet_step_due", &next_ratchet.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -290,12 +297,37 @@ impl SessionState {
     /// Encrypts `plaintext` (the key material) as a key element of the session's namespace, wrapped in the
     /// key exchange while the peer has not answered. Advances the sending chain.
     pub(crate) fn encrypt(&mut self, our: &LocalIdentity, plaintext: &[u8]) -> Result<Vec<u8>, SessionError> {
+        self.complete_ratchet()?;
         let mut send = SendState::of(self);
         let (out, _) = send.encrypt(our, plaintext)?;
         self.sender_chain = send.sender_chain.clone();
         self.sent_since_receive = send.sent_since_receive;
         self.received_since_send = 0;
         Ok(out)
+    }
+
+    /// Is the sending half of a DH ratchet step waiting (see [`SessionState::next_ratchet`])?
+    pub(crate) fn ratchet_due(&self) -> bool {
+        self.next_ratchet.is_some()
+    }
+
+    /// Does the sending half of the DH ratchet step that a new ratchet key of the peer started, if it
+    /// waits: our new sending ratchet key pair, and a root step with the peer's current ratchet key
+    /// for a fresh sending chain. The same keys as doing it on receipt; only the time differs.
+    pub(crate) fn complete_ratchet(&mut self) -> Result<(), SessionError> {
+        let Some(next) = self.next_ratchet.take() else { return Ok(()) };
+        let theirs = self
+            .receiver
+            .as_ref()
+            .map(|r| r.ratchet)
+            .ok_or(SessionError::Internal("ratchet step without a receiving chain"))?;
+        let ratchet = KeyPair::from_private(next);
+        let (root, sending) = self.root.create_chain(self.ns, &theirs, &ratchet.private)?;
+        self.root = root;
+        self.previous_counter = self.sender_chain.index();
+        self.sender_ratchet = ratchet;
+        self.sender_chain = sending;
+        Ok(())
     }
 
     /// Finds (or derives) the key for `msg`, performing a DH ratchet step for a new ratchet key.
@@ -314,17 +346,16 @@ impl SessionState {
             }
         }
         // A new ratchet key from the peer: finish the current receiving chain up to the length the peer
-        // says it had, then step the root chain twice (receiving, then a fresh sending chain).
+        // says it had, then step the root chain for the receiving chain. The second root step (our new
+        // sending chain) waits until we send: its key pair is drawn now, its DH is done then. (A peer
+        // that moves on again before we sent makes us finish the waiting step first, in order.)
         if let Some(current) = &mut self.receiver {
             skip_to(&mut current.chain, current.ratchet, msg.previous_counter, &mut self.skipped)?;
         }
+        self.complete_ratchet()?;
         let (root, receiving) = self.root.create_chain(ns, &msg.ratchet_key, &self.sender_ratchet.private)?;
-        let ratchet = KeyPair::generate(rng);
-        let (root, sending) = root.create_chain(ns, &msg.ratchet_key, &ratchet.private)?;
         self.root = root;
-        self.previous_counter = self.sender_chain.index();
-        self.sender_ratchet = ratchet;
-        self.sender_chain = sending;
+        self.next_ratchet = Some(PrivateKey::generate(rng));
         self.previous_receiver = self.receiver.take();
         let mut chain = ReceiverChain { ratchet: msg.ratchet_key, chain: receiving };
         let seed = key_on_chain(&mut chain.chain, chain.ratchet, msg.counter, &mut self.skipped)?;
@@ -417,7 +448,11 @@ impl SendStep {
 
     /// A step applies only to the sending chain of its ratchet key, and never moves it back; anything
     /// else means the store is inconsistent.
-    fn check(&self, ratchet: &PublicKey, chain: &ChainKey) -> Result<(), crate::StoreError> {
+    fn check(&self, ratchet: &PublicKey, chain: &ChainKey, due: bool) -> Result<(), crate::StoreError> {
+        // (A record whose chain is spent was written whole after the last send, which drops its step.)
+        if due {
+            return Err(crate::StoreError::Corrupt("session step for a spent sending chain"));
+        }
         if *ratchet.as_bytes() != self.ratchet {
             return Err(crate::StoreError::Corrupt("session step of another sending chain"));
         }
@@ -446,6 +481,9 @@ pub struct SendState {
     pub(crate) pending: Option<PendingKeyExchange>,
     pub(crate) received_since_send: u32,
     pub(crate) sent_since_receive: u32,
+    /// The sending half of a DH ratchet step waits ([`SessionState::complete_ratchet`]): the chain
+    /// here is spent, and the whole record is needed to send.
+    pub(crate) ratchet_due: bool,
 }
 
 impl fmt::Debug for SendState {
@@ -456,6 +494,7 @@ impl fmt::Debug for SendState {
             .field("sent", &self.sender_chain.index())
             .field("pending_key_exchange", &self.pending.is_some())
             .field("sent_since_receive", &self.sent_since_receive)
+            .field("ratchet_due", &self.ratchet_due)
             .finish_non_exhaustive()
     }
 }
@@ -474,6 +513,7 @@ impl SendState {
             pending: s.pending.clone(),
             received_since_send: s.received_since_send,
             sent_since_receive: s.sent_since_receive,
+            ratchet_due: s.ratchet_due(),
         }
     }
 
@@ -497,10 +537,20 @@ impl SendState {
         self.sent_since_receive >= STALE_AFTER
     }
 
+    /// Does sending wait for the second half of a DH ratchet step (the peer sent a new ratchet key since
+    /// we last sent)? Then this state cannot encrypt: the whole record must ([`SessionRecord::encrypt`]
+    /// does that step first, [`SessionRecord::complete_ratchet`] alone).
+    pub fn ratchet_due(&self) -> bool {
+        self.ratchet_due
+    }
+
     /// Encrypts `plaintext` (the key material) as a key element of the session's namespace, wrapped in
     /// the key exchange while the peer has not answered; returns the bytes and whether they are a key
     /// exchange. Advances the sending chain (see [`SendState::step`]).
     pub fn encrypt(&mut self, our: &LocalIdentity, plaintext: &[u8]) -> Result<(Vec<u8>, bool), SessionError> {
+        if self.ratchet_due {
+            return Err(SessionError::Internal("a DH ratchet step waits: encrypt with the whole record"));
+        }
         let keys = self.sender_chain.message_key_seed().expand(self.ns);
         let next = self.sender_chain.next().ok_or(SessionError::Internal("sending chain exhausted"))?;
         let ratchet = self.sender_ratchet;
@@ -552,6 +602,7 @@ impl SendState {
             && self.previous_counter == other.previous_counter
             && self.pending == other.pending
             && self.received_since_send == other.received_since_send
+            && self.ratchet_due == other.ratchet_due
             && self.step() == other.step()
     }
 
@@ -567,7 +618,7 @@ impl SendState {
 
     /// Applies a stored [`SendStep`] (the same checks as [`SessionRecord::apply_step`]).
     pub fn apply_step(&mut self, step: &SendStep) -> Result<(), crate::StoreError> {
-        step.check(&self.sender_ratchet, &self.sender_chain)?;
+        step.check(&self.sender_ratchet, &self.sender_chain, self.ratchet_due)?;
         self.sender_chain = ChainKey { key: step.chain_key, index: step.index };
         self.sent_since_receive = step.sent_since_receive;
         self.received_since_send = 0;
@@ -632,11 +683,22 @@ impl SessionRecord {
     /// ratchet key and must not move the chain back; anything else means the store is inconsistent.
     pub fn apply_step(&mut self, step: &SendStep) -> Result<(), crate::StoreError> {
         let state = self.current.as_mut().ok_or(crate::StoreError::Corrupt("session step without a session"))?;
-        step.check(&state.sender_ratchet.public, &state.sender_chain)?;
+        step.check(&state.sender_ratchet.public, &state.sender_chain, state.ratchet_due())?;
         state.sender_chain = ChainKey { key: step.chain_key, index: step.index };
         state.sent_since_receive = step.sent_since_receive;
         state.received_since_send = 0;
         Ok(())
+    }
+
+    /// Does the sending half of a DH ratchet step wait on the current state? ([`SendState::ratchet_due`])
+    pub fn ratchet_due(&self) -> bool {
+        self.current.as_ref().is_some_and(SessionState::ratchet_due)
+    }
+
+    /// Does the sending half of a waiting DH ratchet step on the current state (what
+    /// [`SessionRecord::encrypt`] does first): afterwards [`SessionRecord::send_state`] can encrypt.
+    pub fn complete_ratchet(&mut self) -> Result<(), SessionError> {
+        self.current.as_mut().map_or(Ok(()), SessionState::complete_ratchet)
     }
 
     /// Messages sent on the current sending chain.
