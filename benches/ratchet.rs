@@ -17,6 +17,8 @@ struct Pair {
     to_b: SessionAddress,
     to_a: SessionAddress,
     rng: ChaCha20Rng,
+    /// A's record right after B's answer, before A sent again: its next message starts a new chain.
+    a_waiting: session_store::SessionRecord,
 }
 
 #[allow(clippy::unwrap_used)]
@@ -41,7 +43,13 @@ fn pair(ns: Namespace) -> Pair {
     b.apply(&ch).unwrap();
     let (_, ch) = session::decrypt(&a, &a_acc, &to_b, &k.data, &mut rng).unwrap();
     a.apply(&ch).unwrap();
-    Pair { a, b, a_acc, b_acc, to_b, to_a, rng }
+    // B's answer brought a new ratchet key: A's record keeps the sending half of that DH step for A's
+    // next message. The pair starts as an established session in both directions: A does that step now.
+    let a_waiting = a.session(&to_b).unwrap().unwrap();
+    let mut done = a_waiting.clone();
+    done.complete_ratchet().unwrap();
+    a.apply(&Changes { sessions: vec![(to_b.clone(), done)], ..Changes::default() }).unwrap();
+    Pair { a, b, a_acc, b_acc, to_b, to_a, rng, a_waiting }
 }
 
 #[allow(clippy::unwrap_used)]
@@ -68,17 +76,41 @@ fn benches(c: &mut Criterion) {
             })
         });
 
-        // Decrypting the next message on the chain (not committed, so every iteration gets the message B
-        // expects next). A's chain is new to B, so this includes one DH ratchet step.
+        // A's first message after B's answer: what it costs A to send it (the sending half of the DH
+        // ratchet step, done on the first send after a new ratchet key of the peer) ...
+        g.bench_function(BenchmarkId::new("encrypt_key/first_after_answer", name), |bch| {
+            bch.iter_batched(
+                || p.a_waiting.clone(),
+                |mut r| r.encrypt(&our, &key_material).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+
+        // ... and what it costs B to decrypt it (not committed, so every iteration gets the message B
+        // expects next): A's chain is new to B, so this includes the receiving half of a DH ratchet step.
         g.bench_function(BenchmarkId::new("decrypt_key/new_chain", name), |bch| {
             bch.iter_batched(
-                || {
-                    let mut ch = Changes::default();
-                    session::encrypt(&p.a, &p.a_acc, &p.to_b, &key_material, &mut ch).unwrap().data
-                },
+                || p.a_waiting.clone().encrypt(&our, &key_material).unwrap().0,
                 |data| session::decrypt(&p.b, &p.b_acc, &p.to_a, &data, &mut ChaCha20Rng::seed_from_u64(1)).unwrap(),
                 BatchSize::SmallInput,
             )
+        });
+
+        // Decrypting a message on a chain B already has (not committed, so every iteration decrypts the
+        // same position): no DH. (A's new chain reaches B first, committed on both sides.)
+        let mut ch = Changes::default();
+        let first = session::encrypt(&p.a, &p.a_acc, &p.to_b, &key_material, &mut ch).unwrap().data;
+        p.a.apply(&ch).unwrap();
+        let (_, ch) = session::decrypt(&p.b, &p.b_acc, &p.to_a, &first, &mut p.rng).unwrap();
+        p.b.apply(&ch).unwrap();
+        let on_chain = {
+            let mut ch = Changes::default();
+            session::encrypt(&p.a, &p.a_acc, &p.to_b, &key_material, &mut ch).unwrap().data
+        };
+        g.bench_function(BenchmarkId::new("decrypt_key/same_chain", name), |bch| {
+            bch.iter(|| {
+                session::decrypt(&p.b, &p.b_acc, &p.to_a, &on_chain, &mut ChaCha20Rng::seed_from_u64(1)).unwrap()
+            })
         });
 
         // Building a session from a bundle: signature check, four agreements, first ratchet step.
