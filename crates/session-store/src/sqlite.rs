@@ -183,6 +183,40 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
     }
 }
 
+/// Answers `keys` from what `cache` keeps, with one lookup each; what is not kept is read in one batch
+/// (`read`), answered and kept (`keep`).
+fn kept_or_read<K: Clone, V: Clone + Default>(
+    cache: &mut ReadCache,
+    keys: &[K],
+    kept: impl Fn(&ReadCache, &K) -> Option<V>,
+    read: impl FnOnce(&[K]) -> Result<Vec<V>, StoreError>,
+    keep: impl Fn(&mut ReadCache, K, V),
+) -> Result<Vec<V>, StoreError> {
+    let mut out = Vec::with_capacity(keys.len());
+    let mut at = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        match kept(cache, k) {
+            Some(v) => out.push(v),
+            None => {
+                out.push(V::default());
+                at.push(i);
+            }
+        }
+    }
+    if !at.is_empty() {
+        let wanted: Vec<K> = at.iter().filter_map(|&i| keys.get(i).cloned()).collect();
+        let read = read(&wanted)?;
+        cache.entries += wanted.len();
+        for ((i, k), v) in at.into_iter().zip(wanted).zip(read) {
+            if let Some(slot) = out.get_mut(i) {
+                slot.clone_from(&v);
+            }
+            keep(cache, k, v);
+        }
+    }
+    Ok(out)
+}
+
 fn pair(private: Vec<u8>, public: Vec<u8>) -> Result<KeyPair, StoreError> {
     Ok(KeyPair {
         private: PrivateKey::from_bytes(key32(private, "private key")?),
@@ -412,31 +446,17 @@ impl<C: BorrowMut<Connection>> SessionStore for SqliteStore<C> {
 
     fn send_states(&self, addrs: &[SessionAddress]) -> Result<Vec<Option<SendState>>, StoreError> {
         let mut cache = self.fresh_cache()?;
-        // One lookup per address: what is kept is answered at once, the rest is read in one batch.
-        let mut out = Vec::with_capacity(addrs.len());
-        let mut missing: Vec<(usize, SessionAddress)> = Vec::new();
-        for (i, a) in addrs.iter().enumerate() {
-            match cache.states.get(a) {
-                Some(kept) => out.push(kept.clone()),
-                None => {
-                    out.push(None);
-                    missing.push((i, a.clone()));
-                }
-            }
-        }
-        if !missing.is_empty() {
-            let (at, wanted): (Vec<usize>, Vec<SessionAddress>) = missing.into_iter().unzip();
-            let read = self.session_rows(&wanted, SendState::from_record_bytes)?;
-            cache.entries += wanted.len();
-            for ((i, addr), state) in at.into_iter().zip(wanted).zip(read) {
-                let state = state.flatten();
-                if let Some(slot) = out.get_mut(i) {
-                    slot.clone_from(&state);
-                }
-                cache.states.insert(addr, state);
-            }
-        }
-        Ok(out)
+        kept_or_read(
+            &mut cache,
+            addrs,
+            |c, a| c.states.get(a).cloned(),
+            |wanted| {
+                Ok(self.session_rows(wanted, SendState::from_record_bytes)?.into_iter().map(Option::flatten).collect())
+            },
+            |c, a, state| {
+                c.states.insert(a, state);
+            },
+        )
     }
 
     fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError> {
@@ -478,17 +498,15 @@ impl<C: BorrowMut<Connection>> IdentityStore for SqliteStore<C> {
 
     fn trusts(&self, keys: &[(&str, PublicKey)]) -> Result<Vec<Option<TrustLevel>>, StoreError> {
         let mut cache = self.fresh_cache()?;
-        let kept = |c: &ReadCache, j: &str, k: &PublicKey| c.trust.get(j).and_then(|of| of.get(k.as_bytes())).copied();
-        let missing: Vec<(&str, PublicKey)> =
-            keys.iter().filter(|(j, k)| kept(&cache, j, k).is_none()).copied().collect();
-        if !missing.is_empty() {
-            let read = self.read_trusts(&missing)?;
-            cache.entries += missing.len();
-            for ((j, k), level) in missing.into_iter().zip(read) {
-                cache.trust.entry(j.to_owned()).or_default().insert(*k.as_bytes(), level);
-            }
-        }
-        Ok(keys.iter().map(|(j, k)| kept(&cache, j, k).flatten()).collect())
+        kept_or_read(
+            &mut cache,
+            keys,
+            |c, (j, k)| c.trust.get(*j).and_then(|of| of.get(k.as_bytes())).copied(),
+            |wanted| self.read_trusts(wanted),
+            |c, (j, k), level| {
+                c.trust.entry(j.to_owned()).or_default().insert(*k.as_bytes(), level);
+            },
+        )
     }
 }
 
@@ -552,18 +570,15 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
 
     fn device_lists(&self, ns: Namespace, jids: &[&str]) -> Result<Vec<Option<Vec<DeviceId>>>, StoreError> {
         let mut cache = self.fresh_cache()?;
-        let missing: Vec<&str> =
-            jids.iter().filter(|j| !cache.devices.get(&ns).is_some_and(|of| of.contains_key(**j))).copied().collect();
-        if !missing.is_empty() {
-            let read = self.read_device_lists(ns, &missing)?;
-            cache.entries += missing.len();
-            let of = cache.devices.entry(ns).or_default();
-            for (j, list) in missing.into_iter().zip(read) {
-                of.insert(j.to_owned(), list);
-            }
-        }
-        let of = cache.devices.get(&ns);
-        Ok(jids.iter().map(|j| of.and_then(|of| of.get(*j)).cloned().flatten()).collect())
+        kept_or_read(
+            &mut cache,
+            jids,
+            |c, j| c.devices.get(&ns).and_then(|of| of.get(*j)).cloned(),
+            |wanted| self.read_device_lists(ns, wanted),
+            |c, j, list| {
+                c.devices.entry(ns).or_default().insert(j.to_owned(), list);
+            },
+        )
     }
 }
 
