@@ -143,7 +143,11 @@ impl PrivateKey {
     /// u-coordinates that are not on the curve (twist points, which no honest peer sends) are refused
     /// rather than multiplied on the twist.
     pub fn agree(&self, their: &PublicKey) -> Result<SharedSecret, KeyError> {
-        let point = curve25519_dalek::montgomery::MontgomeryPoint(their.0).to_edwards(0).ok_or(KeyError::NotAPoint)?;
+        self.agree_prepared(&their.prepare()?)
+    }
+
+    /// [`PrivateKey::agree`] with a key made ready once for several agreements.
+    pub(crate) fn agree_prepared(&self, their: &PreparedKey) -> Result<SharedSecret, KeyError> {
         let mut k = *self.0;
         // k >> 3: the clamped scalar divided by the cofactor (it is a multiple of 8).
         let mut k_div_8 = [0u8; 32];
@@ -153,7 +157,7 @@ impl PrivateKey {
         let scalar = curve25519_dalek::Scalar::from_bytes_mod_order(k_div_8);
         k.zeroize();
         k_div_8.zeroize();
-        let shared = (point.mul_by_cofactor() * scalar).to_montgomery().to_bytes();
+        let shared = (their.0 * scalar).to_montgomery().to_bytes();
         if shared == [0u8; 32] {
             return Err(KeyError::LowOrderPoint);
         }
@@ -164,6 +168,20 @@ impl PrivateKey {
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("PrivateKey(<redacted>)")
+    }
+}
+
+/// A peer's public key ready for X25519 agreements on the Edwards curve ([`PrivateKey::agree`]): its
+/// point (either sign: `P` and `−P` share the u-coordinate) times the cofactor. Converting the
+/// u-coordinate takes an inversion and a square root; a key used in several agreements (the signed
+/// pre-key in X3DH) is converted once.
+pub(crate) struct PreparedKey(curve25519_dalek::EdwardsPoint);
+
+impl PublicKey {
+    /// The key made ready for agreements; u-coordinates that are not on the curve are refused.
+    pub(crate) fn prepare(&self) -> Result<PreparedKey, KeyError> {
+        let point = curve25519_dalek::montgomery::MontgomeryPoint(self.0).to_edwards(0).ok_or(KeyError::NotAPoint)?;
+        Ok(PreparedKey(point.mul_by_cofactor()))
     }
 }
 

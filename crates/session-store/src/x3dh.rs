@@ -102,13 +102,15 @@ pub(crate) fn initiate(
     let pick = (rng.next_u64() % bundle.pre_keys.len() as u64) as usize;
     let (pre_key_id, pre_key) = bundle.pre_keys[pick];
     let base = KeyPair::generate(rng);
-    let dh1 = our_identity.private.agree(&bundle.signed_pre_key)?;
+    // The signed pre-key takes part in three agreements: converted for them once.
+    let spk = bundle.signed_pre_key.prepare()?;
+    let dh1 = our_identity.private.agree_prepared(&spk)?;
     let dh2 = base.private.agree(&bundle.identity_key)?;
-    let dh3 = base.private.agree(&bundle.signed_pre_key)?;
+    let dh3 = base.private.agree_prepared(&spk)?;
     let dh4 = base.private.agree(&pre_key)?;
     let (root, _responder_chain) = derive(ns, &[dh1.as_bytes(), dh2.as_bytes(), dh3.as_bytes(), dh4.as_bytes()]);
     let ratchet = KeyPair::generate(rng);
-    let (root, sending) = root.create_chain(ns, &bundle.signed_pre_key, &ratchet.private)?;
+    let (root, sending) = root.create_chain_prepared(ns, &spk, &ratchet.private)?;
     Ok(SessionState {
         ns,
         remote_identity: bundle.identity_key,

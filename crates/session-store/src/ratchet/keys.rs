@@ -9,7 +9,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::{
     error::KeyError,
-    keys::{PrivateKey, PublicKey},
+    keys::{PreparedKey, PrivateKey, PublicKey},
     namespace::Namespace,
 };
 
@@ -49,7 +49,17 @@ impl RootKey {
         their: &PublicKey,
         our: &PrivateKey,
     ) -> Result<(RootKey, ChainKey), KeyError> {
-        let shared = our.agree(their)?;
+        self.create_chain_prepared(ns, &their.prepare()?, our)
+    }
+
+    /// [`RootKey::create_chain`] with the peer's key made ready once for several agreements.
+    pub(crate) fn create_chain_prepared(
+        &self,
+        ns: Namespace,
+        their: &PreparedKey,
+        our: &PrivateKey,
+    ) -> Result<(RootKey, ChainKey), KeyError> {
+        let shared = our.agree_prepared(their)?;
         Ok(root_and_chain(Some(&self.0), shared.as_bytes(), ns.root_info()))
     }
 }
