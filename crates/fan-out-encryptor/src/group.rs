@@ -254,10 +254,23 @@ pub fn encrypt_group_message(
             (addr, session::initiate_record(&account, addr.namespace, bundle, &mut rng), scratch)
         })
         .collect();
-    // What is stored for these devices (archived states, a state that cannot send), read at once.
-    let built_ok: Vec<SessionAddress> =
+    // One read of whole records: what is stored for the devices that got a session from a bundle
+    // (archived states, a state that cannot send), then the records of the devices that sent a new
+    // ratchet key since our last message, whose sending half of that DH ratchet step waits (decrypting
+    // does only the receiving half).
+    let mut wanted: Vec<SessionAddress> =
         built.iter().filter(|(_, r, _)| r.is_ok()).map(|(a, _, _)| SessionAddress::clone(a)).collect();
-    let mut stored = store.sessions(&built_ok)?.into_iter();
+    let built_ok = wanted.len();
+    wanted.extend(
+        devices
+            .iter()
+            .zip(&loaded)
+            .filter(|(_, s)| s.as_ref().is_some_and(SendState::ratchet_due))
+            .map(|(a, _)| a.clone()),
+    );
+    let mut records = store.sessions(&wanted)?;
+    let (due, due_records) = (wanted.split_off(built_ok), records.split_off(built_ok));
+    let mut stored = records.into_iter();
     for (addr, result, scratch) in built {
         match result {
             Ok(fresh) => {
@@ -271,30 +284,19 @@ pub fn encrypt_group_message(
         }
     }
 
-    // Devices that sent a new ratchet key since our last message: the sending half of that DH ratchet
-    // step waits in their records (decrypting does only the receiving half). Their whole records are
-    // read at once, the steps done in parallel, and the records written whole with this send.
-    let due: Vec<SessionAddress> = devices
-        .iter()
-        .zip(&loaded)
-        .filter(|(_, s)| s.as_ref().is_some_and(SendState::ratchet_due))
-        .map(|(a, _)| a.clone())
+    // The waiting ratchet steps, done in parallel; the records are written whole with this send.
+    let stepped: Vec<(SessionAddress, Result<SessionRecord, SessionError>)> = due
+        .into_par_iter()
+        .zip(due_records)
+        .map(|(addr, record)| {
+            let stepped = record.ok_or(SessionError::NoSession).and_then(|mut r| r.complete_ratchet().map(|()| r));
+            (addr, stepped)
+        })
         .collect();
-    if !due.is_empty() {
-        let records = store.sessions(&due)?;
-        let stepped: Vec<(SessionAddress, Result<SessionRecord, SessionError>)> = due
-            .into_par_iter()
-            .zip(records)
-            .map(|(addr, record)| {
-                let stepped = record.ok_or(SessionError::NoSession).and_then(|mut r| r.complete_ratchet().map(|()| r));
-                (addr, stepped)
-            })
-            .collect();
-        for (addr, stepped) in stepped {
-            match stepped {
-                Ok(record) => changes.sessions.push((addr, record)),
-                Err(e) => coverage.devices_left_out.push((addr, Left::SessionFailed(e.to_string()))),
-            }
+    for (addr, stepped) in stepped {
+        match stepped {
+            Ok(record) => changes.sessions.push((addr, record)),
+            Err(e) => coverage.devices_left_out.push((addr, Left::SessionFailed(e.to_string()))),
         }
     }
 
@@ -308,11 +310,9 @@ pub fn encrypt_group_message(
     for (addr, state) in devices.into_iter().zip(loaded) {
         let (state, fresh) = match state {
             Some(s) if !s.ratchet_due() => (Some(s), None),
-            // Its ratchet step done above (in the change set), or left out with the reason.
-            Some(_) if left_out.contains(&addr) => continue,
-            // No stored session: left out above (no bundle, a bad one), or built from its bundle just
-            // now (in the change set).
-            None if left_out.contains(&addr) => continue,
+            // No stored session, or one whose ratchet step waited: left out above (no bundle, a bad one,
+            // a failed step), or in the change set (built from its bundle, or its step done).
+            _ if left_out.contains(&addr) => continue,
             _ => {
                 let at = built_now.get(&addr).copied();
                 (at.and_then(|i| changes.sessions.get(i)).and_then(|(_, r)| r.send_state()), at)
