@@ -306,6 +306,10 @@ async fn fetches_are_shared_time_out_and_back_off() {
     let room = created.group.room;
     next(&mut brx, "invitation", |e| matches!(e, Event::Invitation { .. }).then_some(())).await;
     bob.join(&room, "bob").await.unwrap();
+    // An invitee without any OMEMO device gets nothing (not even in plaintext), and the error says why.
+    let nobody = alice.create_group(&["dave@localhost".into()], "alice", None).await.unwrap();
+    let why = nobody.invited[0].1.as_ref().unwrap_err();
+    assert_eq!(why, "no device of dave@localhost can get the invitation: no OMEMO device published or known");
     // The failed device is not asked again until its back-off has passed.
     let before = items(&server);
     let sent = alice.send_with(&room, "hello", best_effort()).await.unwrap();
@@ -327,4 +331,8 @@ async fn fetches_are_shared_time_out_and_back_off() {
         .await
         .unwrap();
     assert_eq!(list, None);
+    // Inviting her: nothing is sent, and the error names the fetches that failed.
+    let silent = alice.create_group(&["carol@localhost".into()], "alice", None).await.unwrap();
+    let why = silent.invited[0].1.as_ref().unwrap_err();
+    assert!(why.contains("device list of carol@localhost: no answer"), "{why}");
 }

@@ -171,7 +171,7 @@ async fn private_group(kind: Kind) {
     let room = created.group.room.clone();
     assert!(created.group.archiving, "{created:?}");
     for (who, r) in &created.invited {
-        assert_eq!(r.as_ref().ok(), Some(&1), "invitation to {who}");
+        assert_eq!(r.as_ref().ok(), Some(&1), "invitation to {who}: {r:?}");
     }
     for (rx, name) in [(&mut bob_rx, "bob"), (&mut carol_rx, "carol")] {
         let inv = next(rx, name, |e| match e {

@@ -258,6 +258,14 @@ pub enum DriverError {
     /// The driver stopped.
     #[error("the driver stopped")]
     Stopped,
+    /// No device of the invitee could get the invitation (nothing was sent).
+    #[error("no device of {invitee} can get the invitation: {why}")]
+    Unreachable {
+        /// The invitee's bare JID.
+        invitee: String,
+        /// Each device left out and why, or why the invitee as a whole was.
+        why: String,
+    },
 }
 
 impl From<StoreError> for DriverError {
@@ -855,6 +863,12 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
     /// Reads the device lists of `jids` (both namespaces) into the store; a node nobody published is an
     /// empty list. Lists that could not be read keep what the store had.
     pub async fn refresh_device_lists(&self, jids: &[String]) -> Result<(), DriverError> {
+        self.refresh_device_lists_reporting(jids).await.map(|_| ())
+    }
+
+    /// [`OmemoMuc::refresh_device_lists`], returning the fetches that failed (what was asked, and why):
+    /// those lists stay as they were.
+    async fn refresh_device_lists_reporting(&self, jids: &[String]) -> Result<Vec<String>, DriverError> {
         let mut tasks = JoinSet::new();
         for jid in jids {
             for ns in [Namespace::Oldmemo, Namespace::Twomemo] {
@@ -868,15 +882,38 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
             }
         }
         let mut changes = Changes::default();
+        let mut failed = Vec::new();
         while let Some(done) = tasks.join_next().await {
-            let Ok(Ok((ns, jid, answer))) = done else { continue };
+            let (ns, jid, answer) = match done {
+                Ok(Ok(fetched)) => fetched,
+                Ok(Err(e)) => {
+                    failed.push(format!("a device list fetch: {e}"));
+                    continue;
+                }
+                Err(e) => {
+                    failed.push(format!("a device list fetch: {e}"));
+                    continue;
+                }
+            };
             let devices = match answer {
                 Ok(a) if error_condition(&a).as_deref() == Some("item-not-found") => Vec::new(),
-                Ok(a) if error_condition(&a).is_none() => match pep::read_device_list(ns, &a) {
-                    Ok(d) => d,
-                    Err(_) => continue,
+                Ok(a) => match error_condition(&a) {
+                    None => match pep::read_device_list(ns, &a) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            failed.push(format!("{} device list of {jid}: {e}", ns.short_name()));
+                            continue;
+                        }
+                    },
+                    Some(c) => {
+                        failed.push(format!("{} device list of {jid}: the server answered {c}", ns.short_name()));
+                        continue;
+                    }
                 },
-                _ => continue,
+                Err(e) => {
+                    failed.push(format!("{} device list of {jid}: {e}", ns.short_name()));
+                    continue;
+                }
             };
             changes.device_lists.push((ns, jid, devices));
         }
@@ -886,7 +923,7 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
         })
         .await??;
         self.subscribe(jids).await;
-        Ok(())
+        Ok(failed)
     }
 
     /// Subscribes to the device-list nodes of members who are not contacts (once per JID), so that
@@ -1497,28 +1534,51 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
     /// nothing is sent in plaintext.
     pub async fn invite(&self, room: &str, invitee: &str) -> Result<usize, DriverError> {
         let invitee = bare(invitee);
-        self.refresh_device_lists(std::slice::from_ref(&invitee)).await?;
+        let failed_fetches = self.refresh_device_lists_reporting(std::slice::from_ref(&invitee)).await?;
         let i = invitee.clone();
         let need = self.blocking(move |st| invitation_needs_bundles(&st.store, &i, NamespaceChoice::Auto)).await??;
         let bundles = self.fetch_bundles(need).await;
         let invitation =
             DirectInvitation { room: bare(room), reason: None, password: None, continues: true, thread: None };
-        let stanza = self
-            .blocking(move |st| -> Result<(Element, usize), DriverError> {
+        let unreachable = |mut why: Vec<String>| {
+            why.extend(failed_fetches.iter().cloned());
+            if why.is_empty() {
+                why.push("no OMEMO device published or known".into());
+            }
+            DriverError::Unreachable { invitee: invitee.clone(), why: why.join("; ") }
+        };
+        let to = invitee.clone();
+        let (stanza, n) = self
+            .blocking(move |st| {
                 let State { store, rng, .. } = st;
-                let enc = encrypt_invitation(store, &invitee, &invitation, &bundles, NamespaceChoice::Auto, rng)?;
-                let n = enc.message.coverage.keyed.iter().filter(|(a, _)| a.jid == invitee).count();
-                if n == 0 {
-                    return Err(DriverError::Group(fan_out_encryptor::group::GroupError::MembersWithoutDevices(vec![
-                        invitee.clone(),
-                    ])));
+                let invitee = to;
+                match encrypt_invitation(store, &invitee, &invitation, &bundles, NamespaceChoice::Auto, rng) {
+                    Err(fan_out_encryptor::EncryptError::NoDevices) => Ok(Err(Vec::new())),
+                    Err(e) => Err(DriverError::from(e)),
+                    Ok(enc) => {
+                        let c = &enc.message.coverage;
+                        let n = c.keyed.iter().filter(|(a, _)| a.jid == invitee).count();
+                        if n > 0 {
+                            store.apply(&enc.message.changes)?;
+                            return Ok(Ok((enc.stanza, n)));
+                        }
+                        let mut why: Vec<String> = c
+                            .skipped
+                            .iter()
+                            .filter(|(a, _)| a.jid == invitee)
+                            .map(|(a, skip)| format!("device {} ({}): {skip:?}", a.device, a.namespace.short_name()))
+                            .collect();
+                        if c.jids_without_devices.contains(&invitee) {
+                            why.push("no device list".into());
+                        }
+                        Ok(Err(why))
+                    }
                 }
-                store.apply(&enc.message.changes)?;
-                Ok((enc.stanza, n))
             })
-            .await??;
-        self.send_stanza(stanza.0).await?;
-        Ok(stanza.1)
+            .await??
+            .map_err(unreachable)?;
+        self.send_stanza(stanza).await?;
+        Ok(n)
     }
 
     /// Closes the connection.
