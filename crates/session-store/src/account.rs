@@ -226,7 +226,7 @@ pub fn own_bundle_for(store: &impl Store, ns: Namespace) -> Result<PreKeyBundle,
     if ns == Namespace::Twomemo {
         let account = store.account()?.ok_or(SessionError::NoAccount)?;
         let mut z = [0u8; 64];
-        crate::ratchet::keys::hkdf(None, bundle.signed_pre_key.as_bytes(), b"omemo-muc spk nonce", &mut z)
+        crate::primitives::hkdf_sha256(None, bundle.signed_pre_key.as_bytes(), b"omemo-muc spk nonce", &mut z)
             .map_err(SessionError::Internal)?;
         let sig = xeddsa::sign(&account.identity.private, bundle.signed_pre_key.as_bytes(), &z);
         bundle.signed_pre_key_signature = sig.to_vec();

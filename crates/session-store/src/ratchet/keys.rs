@@ -2,40 +2,14 @@
 
 use std::fmt;
 
-use hkdf::Hkdf;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::{
     error::KeyError,
     keys::{PreparedKey, PrivateKey, PublicKey},
     namespace::Namespace,
+    primitives::{hkdf_sha256, hkdf_sha256_salted, no_salt, HmacKey},
 };
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// HKDF-SHA-256 with the given salt (None = 32 zero bytes, which HKDF treats the same).
-pub(crate) fn hkdf(salt: Option<&[u8]>, ikm: &[u8], info: &[u8], out: &mut [u8]) -> Result<(), &'static str> {
-    Hkdf::<Sha256>::new(salt, ikm).expand(info, out).map_err(|_| "hkdf output too long")
-}
-
-/// HMAC-SHA-256.
-pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable_hmac());
-    for p in parts {
-        mac.update(p);
-    }
-    mac.finalize().into_bytes().into()
-}
-
-#[cold]
-fn unreachable_hmac() -> HmacSha256 {
-    // `new_from_slice` only fails for fixed-size keys; HMAC takes any length. Fall back to an empty key
-    // rather than panic: a wrong MAC is then the visible result.
-    <HmacSha256 as hmac::digest::KeyInit>::new(&Default::default())
-}
 
 /// The root key.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -69,7 +43,7 @@ impl RootKey {
 pub(crate) fn root_and_chain(salt: Option<&[u8]>, ikm: &[u8], info: &[u8]) -> (RootKey, ChainKey) {
     let mut okm = [0u8; 64];
     // 64 bytes is far below HKDF's limit (255 × 32), so this cannot fail.
-    let _ = hkdf(salt, ikm, info, &mut okm);
+    let _ = hkdf_sha256(salt, ikm, info, &mut okm);
     let mut root = [0u8; 32];
     let mut chain = [0u8; 32];
     root.copy_from_slice(&okm[..32]);
@@ -99,12 +73,27 @@ impl ChainKey {
 
     /// The message key seed for message `index`: `HMAC(ck, 0x01)`.
     pub fn message_key_seed(&self) -> MessageKeySeed {
-        MessageKeySeed { seed: hmac_sha256(&self.key, &[&[0x01]]), counter: self.index }
+        self.seed_with(&HmacKey::new(&self.key))
     }
 
     /// The next chain key: `HMAC(ck, 0x02)`. `None` when the counter would overflow.
     pub fn next(&self) -> Option<ChainKey> {
-        Some(ChainKey { key: hmac_sha256(&self.key, &[&[0x02]]), index: self.index.checked_add(1)? })
+        self.next_with(&HmacKey::new(&self.key))
+    }
+
+    /// Both: the seed of this message and the chain key after it, the chain key prepared for HMAC
+    /// once. `None` when the counter would overflow.
+    pub fn advance(&self) -> Option<(MessageKeySeed, ChainKey)> {
+        let mac = HmacKey::new(&self.key);
+        Some((self.seed_with(&mac), self.next_with(&mac)?))
+    }
+
+    fn seed_with(&self, mac: &HmacKey) -> MessageKeySeed {
+        MessageKeySeed { seed: mac.mac(&[&[0x01]]), counter: self.index }
+    }
+
+    fn next_with(&self, mac: &HmacKey) -> Option<ChainKey> {
+        Some(ChainKey { key: mac.mac(&[&[0x02]]), index: self.index.checked_add(1)? })
     }
 }
 
@@ -126,7 +115,7 @@ impl MessageKeySeed {
     /// Expands the seed: HKDF(salt zero, info) → cipher key (32) ‖ MAC key (32) ‖ IV (16).
     pub fn expand(&self, ns: Namespace) -> MessageKeys {
         let mut okm = [0u8; 80];
-        let _ = hkdf(None, &self.seed, ns.message_key_info(), &mut okm);
+        let _ = hkdf_sha256_salted(no_salt(), &self.seed, ns.message_key_info(), &mut okm);
         let mut keys = MessageKeys { cipher_key: [0; 32], mac_key: [0; 32], iv: [0; 16], counter: self.counter };
         keys.cipher_key.copy_from_slice(&okm[..32]);
         keys.mac_key.copy_from_slice(&okm[32..64]);

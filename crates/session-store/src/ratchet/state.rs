@@ -7,7 +7,8 @@ use std::{collections::VecDeque, fmt};
 
 use rand_core::CryptoRngCore;
 
-use super::keys::{hmac_sha256, ChainKey, MessageKeySeed, MessageKeys, RootKey};
+use super::keys::{ChainKey, MessageKeySeed, MessageKeys, RootKey};
+use crate::primitives::hmac_sha256;
 use crate::{
     error::SessionError,
     keys::{ct_eq, KeyPair, PrivateKey, PublicKey},
@@ -256,8 +257,9 @@ fn skip_to(
         return Err(SessionError::TooFarAhead { counter: target, gap: gap.into(), max: MAX_MESSAGE_GAP as usize });
     }
     while chain.index() < target {
-        push_skipped(skipped, ratchet, chain.message_key_seed());
-        *chain = chain.next().ok_or(SessionError::Malformed("counter overflow"))?;
+        let (seed, next) = chain.advance().ok_or(SessionError::Malformed("counter overflow"))?;
+        push_skipped(skipped, ratchet, seed);
+        *chain = next;
     }
     Ok(())
 }
@@ -273,8 +275,8 @@ fn key_on_chain(
         return Err(SessionError::Duplicate { counter });
     }
     skip_to(chain, ratchet, counter, skipped)?;
-    let seed = chain.message_key_seed();
-    *chain = chain.next().ok_or(SessionError::Malformed("counter overflow"))?;
+    let (seed, next) = chain.advance().ok_or(SessionError::Malformed("counter overflow"))?;
+    *chain = next;
     Ok(seed)
 }
 
@@ -551,8 +553,8 @@ impl SendState {
         if self.ratchet_due {
             return Err(SessionError::Internal("a DH ratchet step waits: encrypt with the whole record"));
         }
-        let keys = self.sender_chain.message_key_seed().expand(self.ns);
-        let next = self.sender_chain.next().ok_or(SessionError::Internal("sending chain exhausted"))?;
+        let (seed, next) = self.sender_chain.advance().ok_or(SessionError::Internal("sending chain exhausted"))?;
+        let keys = seed.expand(self.ns);
         let ratchet = self.sender_ratchet;
         let out = match self.ns {
             Namespace::Oldmemo => {
