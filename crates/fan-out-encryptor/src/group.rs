@@ -247,11 +247,15 @@ pub fn encrypt_group_message(
             }
         }
     }
+    // The bundles' signatures checked in batches first (one multi-scalar multiplication per core).
+    let asked: Vec<(&PreKeyBundle, Namespace)> = to_build.iter().map(|(a, b, _, _)| (*b, a.namespace)).collect();
+    let checked = session_store::check_bundles(&asked, rng);
     let built: Vec<(&SessionAddress, Result<SessionRecord, SessionError>, Changes)> = to_build
         .into_par_iter()
-        .map(|(addr, bundle, seed, scratch)| {
+        .zip(checked)
+        .map(|((addr, _, seed, scratch), checked)| {
             let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_seed(seed);
-            (addr, session::initiate_record(&account, addr.namespace, bundle, &mut rng), scratch)
+            (addr, checked.and_then(|c| session::initiate_record_checked(&account, &c, &mut rng)), scratch)
         })
         .collect();
     // One read of whole records: what is stored for the devices that got a session from a bundle

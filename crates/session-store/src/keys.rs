@@ -181,7 +181,14 @@ impl PublicKey {
     /// The key made ready for agreements; u-coordinates that are not on the curve are refused.
     pub(crate) fn prepare(&self) -> Result<PreparedKey, KeyError> {
         let point = curve25519_dalek::montgomery::MontgomeryPoint(self.0).to_edwards(0).ok_or(KeyError::NotAPoint)?;
-        Ok(PreparedKey(point.mul_by_cofactor()))
+        Ok(PreparedKey::of_point(point))
+    }
+}
+
+impl PreparedKey {
+    /// From a point whose u-coordinate is the key (either sign).
+    pub(crate) fn of_point(point: curve25519_dalek::EdwardsPoint) -> Self {
+        PreparedKey(point.mul_by_cofactor())
     }
 }
 

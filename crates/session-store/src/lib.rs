@@ -77,4 +77,4 @@ pub use traits::{
     AccountStore, DeviceListStore, IdentityStore, LedgerStore, PreKeyStore, SessionStore, SignedPreKeyStore, Store,
 };
 pub use trust::TrustLevel;
-pub use x3dh::PreKeyBundle;
+pub use x3dh::{check_bundles, CheckedBundle, PreKeyBundle};

@@ -153,8 +153,18 @@ pub fn initiate_record(
     bundle: &PreKeyBundle,
     rng: &mut impl CryptoRngCore,
 ) -> Result<SessionRecord, SessionError> {
+    initiate_record_checked(account, &bundle.check(ns)?, rng)
+}
+
+/// [`initiate_record`] from a bundle already checked ([`PreKeyBundle::check`],
+/// [`x3dh::check_bundles`]).
+pub fn initiate_record_checked(
+    account: &Account,
+    bundle: &x3dh::CheckedBundle<'_>,
+    rng: &mut impl CryptoRngCore,
+) -> Result<SessionRecord, SessionError> {
     let mut record = SessionRecord::default();
-    record.promote(x3dh::initiate(ns, &account.identity, bundle, rng)?);
+    record.promote(x3dh::initiate_checked(&account.identity, bundle, rng)?);
     Ok(record)
 }
 

@@ -14,7 +14,7 @@ use zeroize::Zeroize;
 
 use crate::{
     error::SessionError,
-    keys::{KeyPair, PublicKey},
+    keys::{KeyPair, PreparedKey, PublicKey},
     namespace::Namespace,
     ratchet::{
         keys::{root_and_chain, ChainKey, RootKey},
@@ -44,36 +44,146 @@ impl PreKeyBundle {
     /// Checks the signed pre-key's signature (OMEMO 0.3: XEdDSA over `0x05 ‖ spk`, sign bit in the
     /// signature).
     pub fn verify_0_3(&self) -> Result<(), SessionError> {
-        if xeddsa::verify(&self.identity_key, &self.signed_pre_key.serialize(), &self.signed_pre_key_signature) {
-            Ok(())
-        } else {
-            Err(SessionError::BadBundleSignature)
-        }
+        self.check(Namespace::Oldmemo).map(|_| ())
     }
 
     /// Checks the signed pre-key's signature (OMEMO 2: Ed25519 by `<ik>` over the raw 32-byte key) and
     /// that `<ik>` and the Curve25519 identity agree.
     pub fn verify_v2(&self) -> Result<(), SessionError> {
-        let ik = self.identity_key_ed25519.ok_or(SessionError::BadBundle("no Ed25519 identity key"))?;
-        if crate::keys::ed25519_to_curve25519(&ik)? != self.identity_key {
-            return Err(SessionError::BadBundle("identity key forms disagree"));
-        }
-        let sig: [u8; 64] =
-            self.signed_pre_key_signature.as_slice().try_into().map_err(|_| SessionError::BadBundleSignature)?;
-        if xeddsa::verify_ed25519(&ik, self.signed_pre_key.as_bytes(), &sig) {
-            Ok(())
-        } else {
-            Err(SessionError::BadBundleSignature)
-        }
+        self.check(Namespace::Twomemo).map(|_| ())
     }
 
     /// Checks the bundle as `ns` defines it.
     pub fn verify(&self, ns: Namespace) -> Result<(), SessionError> {
-        match ns {
-            Namespace::Oldmemo => self.verify_0_3(),
-            Namespace::Twomemo => self.verify_v2(),
+        self.check(ns).map(|_| ())
+    }
+
+    /// The signature of the bundle as `ns` defines it, ready to check (alone or in a batch), with the
+    /// identity key's point; what is wrong before the equation (forms that disagree, not a point, small
+    /// order, a malformed signature) is refused here.
+    fn signed(&self, ns: Namespace) -> Result<xeddsa::Signed, SessionError> {
+        let signed = match ns {
+            Namespace::Oldmemo => xeddsa::Signed::xeddsa(
+                &self.identity_key,
+                &self.signed_pre_key.serialize(),
+                &self.signed_pre_key_signature,
+            ),
+            Namespace::Twomemo => {
+                let ik = self.identity_key_ed25519.ok_or(SessionError::BadBundle("no Ed25519 identity key"))?;
+                let sig: [u8; 64] = self
+                    .signed_pre_key_signature
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| SessionError::BadBundleSignature)?;
+                let signed = xeddsa::Signed::ed25519(&ik, self.signed_pre_key.as_bytes(), &sig);
+                if let Some(s) = &signed {
+                    if s.key.to_montgomery().to_bytes() != *self.identity_key.as_bytes() {
+                        return Err(SessionError::BadBundle("identity key forms disagree"));
+                    }
+                }
+                signed
+            }
+        };
+        signed.ok_or(SessionError::BadBundleSignature)
+    }
+
+    /// Checks the bundle as `ns` defines it, keeping what X3DH needs of the check.
+    pub fn check(&self, ns: Namespace) -> Result<CheckedBundle<'_>, SessionError> {
+        let signed = self.signed(ns)?;
+        if !signed.check() {
+            return Err(SessionError::BadBundleSignature);
+        }
+        Ok(CheckedBundle::of(self, ns, &signed))
+    }
+}
+
+/// A bundle whose signed pre-key signature verified, in its namespace, with its identity key already
+/// on the Edwards curve for X3DH (the check converted it).
+pub struct CheckedBundle<'a> {
+    bundle: &'a PreKeyBundle,
+    ns: Namespace,
+    identity: PreparedKey,
+}
+
+impl<'a> CheckedBundle<'a> {
+    fn of(bundle: &'a PreKeyBundle, ns: Namespace, signed: &xeddsa::Signed) -> Self {
+        Self { bundle, ns, identity: PreparedKey::of_point(signed.key) }
+    }
+
+    /// The bundle.
+    pub fn bundle(&self) -> &'a PreKeyBundle {
+        self.bundle
+    }
+
+    /// Its namespace.
+    pub fn namespace(&self) -> Namespace {
+        self.ns
+    }
+}
+
+impl std::fmt::Debug for CheckedBundle<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedBundle").field("bundle", &self.bundle).field("ns", &self.ns).finish_non_exhaustive()
+    }
+}
+
+/// From this many bundles on, [`check_bundles`] checks signatures in batches.
+const BATCH_FROM: usize = 8;
+
+/// Checks many bundles (each in its namespace): the signatures in batches, one multi-scalar
+/// multiplication per batch, spread over the cores; a batch that fails is checked one by one, so that
+/// each bundle gets its own answer. See [`xeddsa::verify_batch`] for the one difference from checking
+/// alone. Answers in the order asked.
+pub fn check_bundles<'a>(
+    bundles: &[(&'a PreKeyBundle, Namespace)],
+    rng: &mut impl CryptoRngCore,
+) -> Vec<Result<CheckedBundle<'a>, SessionError>> {
+    use rayon::prelude::*;
+    if bundles.len() < BATCH_FROM {
+        return bundles.iter().map(|(b, ns)| b.check(*ns)).collect();
+    }
+    let signed: Vec<Result<xeddsa::Signed, SessionError>> = bundles.par_iter().map(|(b, ns)| b.signed(*ns)).collect();
+    // The well-formed ones, in batches (one per core, at least `BATCH_FROM` each), each with its own
+    // generator for the random coefficients.
+    let ok: Vec<usize> = signed.iter().enumerate().filter(|(_, s)| s.is_ok()).map(|(i, _)| i).collect();
+    let per = ok.len().div_ceil(rayon::current_num_threads().max(1)).max(BATCH_FROM);
+    let batches: Vec<(&[usize], [u8; 32])> = ok
+        .chunks(per)
+        .map(|c| {
+            let mut seed = [0u8; 32];
+            rng.fill_bytes(&mut seed);
+            (c, seed)
+        })
+        .collect();
+    let passed: Vec<bool> = batches
+        .par_iter()
+        .map(|(at, seed)| {
+            let items: Vec<xeddsa::Signed> =
+                at.iter().filter_map(|&i| signed.get(i).and_then(|s| s.as_ref().ok()).cloned()).collect();
+            let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed(*seed);
+            xeddsa::verify_batch(&items, &mut rng)
+        })
+        .collect();
+    let mut batch_passed = vec![false; bundles.len()];
+    for ((at, _), passed) in batches.iter().zip(passed) {
+        for &i in *at {
+            if let Some(p) = batch_passed.get_mut(i) {
+                *p = passed;
+            }
         }
     }
+    bundles
+        .par_iter()
+        .zip(signed)
+        .zip(batch_passed)
+        .map(|(((bundle, ns), signed), batch_passed)| {
+            let signed = signed?;
+            if !batch_passed && !signed.check() {
+                return Err(SessionError::BadBundleSignature);
+            }
+            Ok(CheckedBundle::of(bundle, *ns, &signed))
+        })
+        .collect()
 }
 
 fn derive(ns: Namespace, dhs: &[&[u8; 32]]) -> (RootKey, ChainKey) {
@@ -95,7 +205,17 @@ pub(crate) fn initiate(
     bundle: &PreKeyBundle,
     rng: &mut impl CryptoRngCore,
 ) -> Result<SessionState, SessionError> {
-    bundle.verify(ns)?;
+    initiate_checked(our_identity, &bundle.check(ns)?, rng)
+}
+
+/// [`initiate`] from a bundle already checked.
+pub(crate) fn initiate_checked(
+    our_identity: &KeyPair,
+    checked: &CheckedBundle<'_>,
+    rng: &mut impl CryptoRngCore,
+) -> Result<SessionState, SessionError> {
+    let CheckedBundle { bundle, ns, identity } = checked;
+    let ns = *ns;
     if bundle.pre_keys.is_empty() {
         return Err(SessionError::BadBundle("no pre-keys"));
     }
@@ -105,7 +225,7 @@ pub(crate) fn initiate(
     // The signed pre-key takes part in three agreements: converted for them once.
     let spk = bundle.signed_pre_key.prepare()?;
     let dh1 = our_identity.private.agree_prepared(&spk)?;
-    let dh2 = base.private.agree(&bundle.identity_key)?;
+    let dh2 = base.private.agree_prepared(identity)?;
     let dh3 = base.private.agree_prepared(&spk)?;
     let dh4 = base.private.agree(&pre_key)?;
     let (root, _responder_chain) = derive(ns, &[dh1.as_bytes(), dh2.as_bytes(), dh3.as_bytes(), dh4.as_bytes()]);
@@ -165,4 +285,129 @@ pub(crate) fn respond(
         sent_since_receive: 0,
         next_ratchet: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use curve25519_dalek::{constants::EIGHT_TORSION, EdwardsPoint, Scalar};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::{RngCore, SeedableRng};
+    use sha2::{Digest, Sha512};
+
+    use super::*;
+    use crate::{account, traits::AccountStore, Account, MemoryStore, NamespaceSet, Store};
+
+    fn bundles(rng: &mut ChaCha20Rng) -> Vec<(PreKeyBundle, Namespace)> {
+        let mut out = Vec::new();
+        for who in ["a@example.org", "b@example.org", "c@example.org"] {
+            let mut s = MemoryStore::default();
+            s.apply(&Account::create(who, NamespaceSet::BOTH, &[], 0, rng)).unwrap();
+            for ns in [Namespace::Oldmemo, Namespace::Twomemo] {
+                out.push((account::own_bundle_for(&s, ns).unwrap(), ns));
+            }
+        }
+        out
+    }
+
+    /// A batch answers each bundle as checking it alone does: good ones pass, and each bad one (a
+    /// flipped bit in R or in s, a short signature, identity forms that disagree, another namespace's
+    /// signature) gets the error it gets alone, wherever it stands in the batch.
+    #[test]
+    fn batch_answers_each_bundle_as_alone() {
+        let mut rng = ChaCha20Rng::seed_from_u64(21);
+        let good = bundles(&mut rng);
+        let mut all: Vec<(PreKeyBundle, Namespace)> = (0..40).map(|i| good[i % good.len()].clone()).collect();
+        all[3].0.signed_pre_key_signature[2] ^= 1;
+        all[17].0.signed_pre_key_signature[40] ^= 1;
+        all[18].0.signed_pre_key_signature.truncate(63);
+        all[25].0.identity_key = good[2].0.identity_key;
+        all[31].1 = match all[31].1 {
+            Namespace::Oldmemo => Namespace::Twomemo,
+            Namespace::Twomemo => Namespace::Oldmemo,
+        };
+        all[39].0.signed_pre_key = good[0].0.signed_pre_key;
+        let refs: Vec<(&PreKeyBundle, Namespace)> = all.iter().map(|(b, ns)| (b, *ns)).collect();
+        let batch = check_bundles(&refs, &mut rng);
+        let mut bad = Vec::new();
+        for (i, ((b, ns), got)) in refs.iter().zip(&batch).enumerate() {
+            let alone = b.check(*ns);
+            assert_eq!(got.as_ref().err(), alone.as_ref().err(), "bundle {i}");
+            if got.is_err() {
+                bad.push(i);
+            }
+        }
+        assert_eq!(bad, vec![3, 17, 18, 25, 31, 39]);
+        // The identity point the check keeps agrees as the identity key does (X3DH's DH2 uses it).
+        let probe = crate::PrivateKey::generate(&mut rng);
+        for (got, (b, _)) in batch.iter().zip(&refs) {
+            if let Ok(c) = got {
+                let kept = probe.agree_prepared(&c.identity).unwrap();
+                assert_eq!(kept.as_bytes(), probe.agree(&b.identity_key).unwrap().as_bytes());
+            }
+        }
+    }
+
+    /// A session built from a batch-checked bundle is the one built from the bundle alone (same
+    /// randomness), and refuses nothing the single path accepts.
+    #[test]
+    fn sessions_from_checked_bundles_match() {
+        let mut rng = ChaCha20Rng::seed_from_u64(22);
+        let mut ours = MemoryStore::default();
+        ours.apply(&Account::create("me@example.org", NamespaceSet::BOTH, &[], 0, &mut rng)).unwrap();
+        let me = ours.account().unwrap().unwrap();
+        let good = bundles(&mut rng);
+        let all: Vec<(&PreKeyBundle, Namespace)> =
+            (0..12).map(|i| (&good[i % good.len()].0, good[i % good.len()].1)).collect();
+        for (checked, (b, ns)) in check_bundles(&all, &mut rng).into_iter().zip(&all) {
+            let checked = checked.unwrap();
+            let record = |state| {
+                let mut r = crate::SessionRecord::default();
+                r.promote(state);
+                r.to_bytes()
+            };
+            let from_checked = initiate_checked(&me.identity, &checked, &mut ChaCha20Rng::seed_from_u64(5)).unwrap();
+            let alone = initiate(*ns, &me.identity, b, &mut ChaCha20Rng::seed_from_u64(5)).unwrap();
+            assert_eq!(record(from_checked), record(alone));
+        }
+    }
+
+    /// The documented difference: a signature its key's owner made off by a small-order point fails
+    /// the strict check alone and passes the batch (RFC 8032's cofactored equation); a forgery fails both.
+    #[test]
+    fn batch_uses_the_cofactored_equation() {
+        let mut rng = ChaCha20Rng::seed_from_u64(23);
+        let a = Scalar::from_bytes_mod_order(*b"owner's secret scalar, 32 bytes.");
+        let key = EdwardsPoint::mul_base(&a).compress().to_bytes();
+        let sign = |msg: &[u8], torsion: &EdwardsPoint, rng: &mut ChaCha20Rng| {
+            let mut wide = [0u8; 64];
+            rng.fill_bytes(&mut wide);
+            let r = Scalar::from_bytes_mod_order_wide(&wide);
+            let big_r = (EdwardsPoint::mul_base(&r) + torsion).compress().to_bytes();
+            let k = Scalar::from_hash(Sha512::new().chain_update(big_r).chain_update(key).chain_update(msg));
+            let mut sig = [0u8; 64];
+            sig[..32].copy_from_slice(&big_r);
+            sig[32..].copy_from_slice((r + k * a).as_bytes());
+            sig
+        };
+        let honest: Vec<xeddsa::Signed> = (0..10u8)
+            .map(|i| xeddsa::Signed::ed25519(&key, &[i], &sign(&[i], &EdwardsPoint::default(), &mut rng)).unwrap())
+            .collect();
+        assert!(honest.iter().all(xeddsa::Signed::check));
+        assert!(xeddsa::verify_batch(&honest, &mut rng));
+        let crafted = xeddsa::Signed::ed25519(&key, b"x", &sign(b"x", &EIGHT_TORSION[1], &mut rng)).unwrap();
+        assert!(!crafted.check());
+        let mut with = honest.clone();
+        with.push(crafted);
+        assert!(xeddsa::verify_batch(&with, &mut rng));
+        // Signed by another key: fails alone and in the batch.
+        let mut forged = sign(b"y", &EdwardsPoint::default(), &mut rng);
+        forged[33] ^= 4;
+        let forged = xeddsa::Signed::ed25519(&key, b"y", &forged).unwrap();
+        assert!(!forged.check());
+        let mut with = honest;
+        with.insert(4, forged);
+        assert!(!xeddsa::verify_batch(&with, &mut rng));
+    }
 }
