@@ -222,30 +222,30 @@ pub fn encrypt_group_message(
     // Looked up per device: a map, not a scan (thousands of bundles on a cold start).
     let answers: std::collections::HashMap<&SessionAddress, &Result<PreKeyBundle, String>> =
         bundles.iter().map(|(a, b)| (a, b)).collect();
+    let mut fetched: Vec<(&SessionAddress, &PreKeyBundle)> = Vec::new();
     for addr in &need_bundles {
         match answers.get(addr).copied() {
             None => coverage.devices_left_out.push((addr.clone(), Left::NoBundle("not fetched".into()))),
             Some(Err(e)) => coverage.devices_left_out.push((addr.clone(), Left::NoBundle(e.clone()))),
-            Some(Ok(bundle)) => {
-                let mut scratch = Changes::default();
-                let identity =
-                    match session::check_identity(store, &mut scratch, &addr.jid, addr.device, &bundle.identity_key) {
-                        Ok(i) => i,
-                        Err(SessionError::Store(e)) => return Err(e.into()),
-                        Err(e) => {
-                            coverage.devices_left_out.push((addr.clone(), Left::BundleInvalid(e.to_string())));
-                            continue;
-                        }
-                    };
-                if identity.trust == TrustLevel::Distrusted {
-                    coverage.devices_left_out.push((addr.clone(), Left::Distrusted));
-                    continue;
-                }
-                let mut seed = [0u8; 32];
-                rng.fill_bytes(&mut seed);
-                to_build.push((addr, bundle, seed, scratch));
-            }
+            Some(Ok(bundle)) => fetched.push((addr, bundle)),
         }
+    }
+    // The identities in the bundles, checked against what the store knows in three batch reads.
+    let asked: Vec<(&str, session_store::DeviceId, &session_store::PublicKey)> =
+        fetched.iter().map(|(a, b)| (a.jid.as_str(), a.device, &b.identity_key)).collect();
+    let identities = match session::check_identities(store, &asked) {
+        Ok(i) => i,
+        Err(SessionError::Store(e)) => return Err(e.into()),
+        Err(e) => return Err(EncryptError::Session(e).into()),
+    };
+    for ((addr, bundle), (identity, scratch)) in fetched.into_iter().zip(identities) {
+        if identity.trust == TrustLevel::Distrusted {
+            coverage.devices_left_out.push((addr.clone(), Left::Distrusted));
+            continue;
+        }
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        to_build.push((addr, bundle, seed, scratch));
     }
     // The bundles' signatures checked in batches first (one multi-scalar multiplication per core).
     let asked: Vec<(&PreKeyBundle, Namespace)> = to_build.iter().map(|(a, b, _, _)| (*b, a.namespace)).collect();

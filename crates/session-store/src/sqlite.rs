@@ -496,6 +496,44 @@ impl<C: BorrowMut<Connection>> IdentityStore for SqliteStore<C> {
         .collect()
     }
 
+    fn identities(&self, devices: &[(&str, DeviceId)]) -> Result<Vec<Option<PublicKey>>, StoreError> {
+        if devices.len() < SCAN_FROM {
+            return devices.iter().map(|(j, d)| self.identity(j, *d)).collect();
+        }
+        // Each device's place in `found` (a device asked for twice shares it).
+        let at: std::collections::HashMap<(&str, i64), usize> =
+            devices.iter().enumerate().map(|(i, (j, d))| ((*j, i64::from(*d)), i)).collect();
+        let mut found: Vec<Option<PublicKey>> = vec![None; devices.len()];
+        let mut stmt = self.c().prepare_cached("SELECT jid, device_id, identity_key FROM omemo_identity")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let jid = row.get_ref(0)?.as_str().map_err(|_| StoreError::Corrupt("identity jid"))?;
+            let Some(&i) = at.get(&(jid, row.get::<_, i64>(1)?)) else { continue };
+            let key = row.get_ref(2)?.as_blob().map_err(|_| StoreError::Corrupt("identity key"))?;
+            if let Some(slot) = found.get_mut(i) {
+                *slot = Some(PublicKey::from_bytes(key32(key.to_vec(), "identity key")?));
+            }
+        }
+        Ok(devices
+            .iter()
+            .map(|(j, d)| at.get(&(*j, i64::from(*d))).and_then(|&i| found.get(i).copied().flatten()))
+            .collect())
+    }
+
+    fn any_verified(&self, jids: &[&str]) -> Result<Vec<bool>, StoreError> {
+        if jids.len() < SCAN_FROM {
+            return jids
+                .iter()
+                .map(|j| Ok(self.trust_of(j)?.iter().any(|(_, t)| *t == TrustLevel::Verified)))
+                .collect();
+        }
+        let mut stmt = self.c().prepare_cached("SELECT DISTINCT jid FROM omemo_trust WHERE level = ?1")?;
+        let verified = stmt
+            .query_map([TrustLevel::Verified.code()], |r| r.get::<_, String>(0))?
+            .collect::<Result<std::collections::HashSet<String>, _>>()?;
+        Ok(jids.iter().map(|j| verified.contains(*j)).collect())
+    }
+
     fn trusts(&self, keys: &[(&str, PublicKey)]) -> Result<Vec<Option<TrustLevel>>, StoreError> {
         let mut cache = self.fresh_cache()?;
         kept_or_read(

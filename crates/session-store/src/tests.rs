@@ -620,6 +620,51 @@ macro_rules! store_conformance_tests {
             }
         }
 
+        /// The batch identity reads answer as the single ones, above and below the point where a store
+        /// switches to scanning, with repeats and unknown devices; the batch identity check decides as
+        /// the single one does for each device (new key, same key, changed key, distrusted, a JID with a
+        /// verified key).
+        #[test]
+        fn batch_identity_checks_match_single_ones() {
+            let mut p = pair(13);
+            let key = |i: u8| PublicKey::from_bytes([i; 32]);
+            let jid = |i: usize| format!("m{}@example.org", i % 45);
+            let mut ch = Changes::default();
+            for i in 0..45usize {
+                if i % 3 != 0 {
+                    ch.identities.push((jid(i), i as u32, key(i as u8)));
+                }
+            }
+            ch.trust.push((jid(4), key(4), TrustLevel::Distrusted));
+            ch.trust.push((jid(2), key(99), TrustLevel::Verified));
+            ch.trust.push((jid(8), key(8), TrustLevel::Verified));
+            p.a.apply(&ch).unwrap();
+            for n in [5usize, 60] {
+                let devices: Vec<(String, u32, PublicKey)> = (0..n)
+                    .map(|i| (jid(i), (i % 45) as u32, if i % 5 == 0 { key(200) } else { key((i % 45) as u8) }))
+                    .collect();
+                let asked: Vec<(&str, u32)> = devices.iter().map(|(j, d, _)| (j.as_str(), *d)).collect();
+                let single: Vec<_> = asked.iter().map(|(j, d)| p.a.identity(j, *d).unwrap()).collect();
+                assert_eq!(p.a.identities(&asked).unwrap(), single);
+                let jids: Vec<&str> = asked.iter().map(|(j, _)| *j).collect();
+                let single: Vec<bool> = jids
+                    .iter()
+                    .map(|j| p.a.trust_of(j).unwrap().iter().any(|(_, t)| *t == TrustLevel::Verified))
+                    .collect();
+                assert_eq!(p.a.any_verified(&jids).unwrap(), single);
+                assert!(single.iter().any(|v| *v) && single.iter().any(|v| !*v));
+                let checks: Vec<(&str, u32, &PublicKey)> = devices.iter().map(|(j, d, k)| (j.as_str(), *d, k)).collect();
+                let batch = session::check_identities(&p.a, &checks).unwrap();
+                for ((j, d, k), (info, changes)) in checks.iter().zip(batch) {
+                    let mut alone = Changes::default();
+                    let expected = session::check_identity(&p.a, &mut alone, j, *d, k).unwrap();
+                    assert_eq!(info, expected, "{j} {d}");
+                    assert_eq!(changes.identities, alone.identities, "{j} {d}");
+                    assert_eq!(changes.trust, alone.trust, "{j} {d}");
+                }
+            }
+        }
+
         #[test]
         fn changes_are_all_or_nothing_and_device_lists() {
             let mut p = pair(12);

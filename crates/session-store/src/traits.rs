@@ -66,6 +66,14 @@ pub trait IdentityStore {
     fn trusts(&self, keys: &[(&str, PublicKey)]) -> Result<Vec<Option<TrustLevel>>, StoreError> {
         keys.iter().map(|(j, k)| self.trust(j, k)).collect()
     }
+    /// The identity keys last seen for many devices at once, in the order asked.
+    fn identities(&self, devices: &[(&str, DeviceId)]) -> Result<Vec<Option<PublicKey>>, StoreError> {
+        devices.iter().map(|(j, d)| self.identity(j, *d)).collect()
+    }
+    /// For many JIDs at once, in the order asked: was any key of the JID verified?
+    fn any_verified(&self, jids: &[&str]) -> Result<Vec<bool>, StoreError> {
+        jids.iter().map(|j| Ok(self.trust_of(j)?.iter().any(|(_, t)| *t == TrustLevel::Verified))).collect()
+    }
 }
 
 /// Published device lists we have seen.
