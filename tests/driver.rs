@@ -331,6 +331,15 @@ async fn fetches_are_shared_time_out_and_back_off() {
         .await
         .unwrap();
     assert_eq!(list, None);
+    // A fetch whose caller gave up (its future dropped mid-flight) leaves nothing behind: once her
+    // server answers again, the next fetch of the same list is made and answered.
+    let carol = ["carol@localhost".to_owned()];
+    let gave_up = tokio::time::timeout(Duration::from_millis(200), alice.refresh_device_lists(&carol)).await;
+    assert!(gave_up.is_err(), "the server is silent: the caller gives up first");
+    server.with_hub(|h| h.silent.remove("carol@localhost"));
+    let again = tokio::time::timeout(Duration::from_secs(5), alice.refresh_device_lists(&carol)).await;
+    again.expect("a fetch after one given up is answered").unwrap();
+    server.with_hub(|h| h.silent.insert("carol@localhost".into()));
     // Inviting her: nothing is sent, and the error names the fetches that failed.
     let silent = alice.create_group(&["carol@localhost".into()], "alice", None).await.unwrap();
     let why = silent.invited[0].1.as_ref().unwrap_err();

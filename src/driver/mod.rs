@@ -349,6 +349,35 @@ enum Work {
 /// Someone waiting for a fetch already under way.
 type FetchWaiter = oneshot::Sender<Result<Element, String>>;
 
+/// An entry a caller put in a map of waiters (an IQ waiting for its answer, a fetch others wait for):
+/// removed when the claim is dropped unless [`Claim::take`]n first, so that a caller whose future is
+/// dropped mid-way leaves nothing behind.
+struct Claim<'a, V> {
+    map: &'a Mutex<HashMap<String, V>>,
+    key: &'a str,
+    taken: bool,
+}
+
+impl<'a, V> Claim<'a, V> {
+    fn new(map: &'a Mutex<HashMap<String, V>>, key: &'a str) -> Self {
+        Self { map, key, taken: false }
+    }
+
+    /// The entry, removed.
+    fn take(mut self) -> Option<V> {
+        self.taken = true;
+        lock(self.map).remove(self.key)
+    }
+}
+
+impl<V> Drop for Claim<'_, V> {
+    fn drop(&mut self) {
+        if !self.taken {
+            lock(self.map).remove(self.key);
+        }
+    }
+}
+
 struct Inner<S> {
     transport: Arc<dyn Transport>,
     jid: String,
@@ -508,17 +537,14 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
         };
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(id.clone(), tx);
-        if let Err(e) = self.inner.transport.send(iq).await {
-            lock(&self.inner.pending).remove(&id);
-            return Err(e.into());
-        }
+        // (The router removes the entry when the answer comes; the claim removes it otherwise: a send
+        // that failed, a timeout, or a caller that gave up.)
+        let _waiting = Claim::new(&self.inner.pending, &id);
+        self.inner.transport.send(iq).await?;
         match tokio::time::timeout(self.inner.config.iq_timeout, rx).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(_)) => Err(DriverError::Stopped),
-            Err(_) => {
-                lock(&self.inner.pending).remove(&id);
-                Err(DriverError::Timeout(format!("iq {id}")))
-            }
+            Err(_) => Err(DriverError::Timeout(format!("iq {id}"))),
         }
     }
 
@@ -531,31 +557,43 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
         }
     }
 
-    /// One fetch per key at a time: concurrent callers share the answer.
+    /// One fetch per key at a time: concurrent callers share the answer. A caller that gives up (its
+    /// future dropped) while it fetches for the others leaves nothing behind: the key is free again,
+    /// and the callers that waited for it fetch themselves.
     async fn fetch_shared(&self, key: String, iq: Element) -> Result<Element, String> {
-        let joined = {
-            let mut inflight = lock(&self.inner.inflight);
-            match inflight.get_mut(&key) {
-                Some(waiters) => {
-                    let (tx, rx) = oneshot::channel();
-                    waiters.push(tx);
-                    Some(rx)
+        // Bounded: each round, either this caller fetches, or another caller gave up its fetch.
+        for _ in 0..4 {
+            let joined = {
+                let mut inflight = lock(&self.inner.inflight);
+                match inflight.get_mut(&key) {
+                    Some(waiters) => {
+                        let (tx, rx) = oneshot::channel();
+                        waiters.push(tx);
+                        Some(rx)
+                    }
+                    None => {
+                        inflight.insert(key.clone(), Vec::new());
+                        None
+                    }
                 }
+            };
+            match joined {
+                Some(rx) => match rx.await {
+                    Ok(answer) => return answer,
+                    // The caller that fetched gave up: try again.
+                    Err(_) => continue,
+                },
                 None => {
-                    inflight.insert(key.clone(), Vec::new());
-                    None
+                    let fetching = Claim::new(&self.inner.inflight, &key);
+                    let result = self.iq(iq).await.map_err(|e| e.to_string());
+                    for w in fetching.take().unwrap_or_default() {
+                        let _ = w.send(result.clone());
+                    }
+                    return result;
                 }
             }
-        };
-        if let Some(rx) = joined {
-            return rx.await.unwrap_or_else(|_| Err("the fetch was abandoned".into()));
         }
-        let result = self.iq(iq).await.map_err(|e| e.to_string());
-        let waiters = lock(&self.inner.inflight).remove(&key).unwrap_or_default();
-        for w in waiters {
-            let _ = w.send(result.clone());
-        }
-        result
+        Err("the fetch was given up by its callers".into())
     }
 
     // ---- routing and processing ----
