@@ -94,11 +94,16 @@ impl fmt::Debug for PublicKey {
 /// The Curve25519 form of an Ed25519 public key (OMEMO 2 publishes identity keys as Ed25519). Refuses
 /// encodings that are no point, and small-order points.
 pub fn ed25519_to_curve25519(ed: &[u8; 32]) -> Result<PublicKey, KeyError> {
+    Ok(PublicKey(ed25519_point(ed)?.to_montgomery().to_bytes()))
+}
+
+/// The point of an Ed25519 public key; refused when it is not a point or has small order.
+pub(crate) fn ed25519_point(ed: &[u8; 32]) -> Result<curve25519_dalek::EdwardsPoint, KeyError> {
     let point = curve25519_dalek::edwards::CompressedEdwardsY(*ed).decompress().ok_or(KeyError::NotAPoint)?;
     if point.is_small_order() {
         return Err(KeyError::LowOrderPoint);
     }
-    Ok(PublicKey(point.to_montgomery().to_bytes()))
+    Ok(point)
 }
 
 /// A clamped Curve25519 private scalar.

@@ -70,18 +70,16 @@ impl PreKeyBundle {
             ),
             Namespace::Twomemo => {
                 let ik = self.identity_key_ed25519.ok_or(SessionError::BadBundle("no Ed25519 identity key"))?;
+                let point = crate::keys::ed25519_point(&ik)?;
+                if point.to_montgomery().to_bytes() != *self.identity_key.as_bytes() {
+                    return Err(SessionError::BadBundle("identity key forms disagree"));
+                }
                 let sig: [u8; 64] = self
                     .signed_pre_key_signature
                     .as_slice()
                     .try_into()
                     .map_err(|_| SessionError::BadBundleSignature)?;
-                let signed = xeddsa::Signed::ed25519(&ik, self.signed_pre_key.as_bytes(), &sig);
-                if let Some(s) = &signed {
-                    if s.key.to_montgomery().to_bytes() != *self.identity_key.as_bytes() {
-                        return Err(SessionError::BadBundle("identity key forms disagree"));
-                    }
-                }
-                signed
+                xeddsa::Signed::by(point, &ik, self.signed_pre_key.as_bytes(), &sig)
             }
         };
         signed.ok_or(SessionError::BadBundleSignature)
@@ -328,6 +326,9 @@ mod tests {
             Namespace::Twomemo => Namespace::Oldmemo,
         };
         all[39].0.signed_pre_key = good[0].0.signed_pre_key;
+        let mut identity_point = [0u8; 32];
+        identity_point[0] = 1;
+        all[9].0.identity_key_ed25519 = Some(identity_point);
         let refs: Vec<(&PreKeyBundle, Namespace)> = all.iter().map(|(b, ns)| (b, *ns)).collect();
         let batch = check_bundles(&refs, &mut rng);
         let mut bad = Vec::new();
@@ -338,7 +339,11 @@ mod tests {
                 bad.push(i);
             }
         }
-        assert_eq!(bad, vec![3, 17, 18, 25, 31, 39]);
+        assert_eq!(bad, vec![3, 9, 17, 18, 25, 31, 39]);
+        // Each says what is wrong.
+        assert_eq!(batch[9].as_ref().err(), Some(&SessionError::Key(crate::KeyError::LowOrderPoint)));
+        assert_eq!(batch[25].as_ref().err(), Some(&SessionError::BadBundle("identity key forms disagree")));
+        assert_eq!(batch[3].as_ref().err(), Some(&SessionError::BadBundleSignature));
         // The identity point the check keeps agrees as the identity key does (X3DH's DH2 uses it).
         let probe = crate::PrivateKey::generate(&mut rng);
         for (got, (b, _)) in batch.iter().zip(&refs) {

@@ -94,7 +94,13 @@ impl Signed {
         Self::by(key, &key.compress().to_bytes(), message, &sig)
     }
 
-    fn by(key: EdwardsPoint, key_bytes: &[u8; 32], message: &[u8], sig: &[u8; SIGNATURE_LEN]) -> Option<Self> {
+    /// A signature by the point `key`, encoded as `key_bytes` (the caller decoded or converted it).
+    pub(crate) fn by(
+        key: EdwardsPoint,
+        key_bytes: &[u8; 32],
+        message: &[u8],
+        sig: &[u8; SIGNATURE_LEN],
+    ) -> Option<Self> {
         let mut r_bytes = [0u8; 32];
         let mut s_bytes = [0u8; 32];
         r_bytes.copy_from_slice(sig.get(..32)?);
