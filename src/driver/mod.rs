@@ -922,38 +922,22 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
         let mut changes = Changes::default();
         let mut failed = Vec::new();
         while let Some(done) = tasks.join_next().await {
-            let (ns, jid, answer) = match done {
-                Ok(Ok(fetched)) => fetched,
-                Ok(Err(e)) => {
-                    failed.push(format!("a device list fetch: {e}"));
-                    continue;
-                }
+            let (ns, jid, answer) = match done.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                Ok(fetched) => fetched,
                 Err(e) => {
                     failed.push(format!("a device list fetch: {e}"));
                     continue;
                 }
             };
-            let devices = match answer {
-                Ok(a) if error_condition(&a).as_deref() == Some("item-not-found") => Vec::new(),
-                Ok(a) => match error_condition(&a) {
-                    None => match pep::read_device_list(ns, &a) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            failed.push(format!("{} device list of {jid}: {e}", ns.short_name()));
-                            continue;
-                        }
-                    },
-                    Some(c) => {
-                        failed.push(format!("{} device list of {jid}: the server answered {c}", ns.short_name()));
-                        continue;
-                    }
-                },
-                Err(e) => {
-                    failed.push(format!("{} device list of {jid}: {e}", ns.short_name()));
-                    continue;
-                }
-            };
-            changes.device_lists.push((ns, jid, devices));
+            let devices = answer.and_then(|a| match error_condition(&a) {
+                Some(c) if c == "item-not-found" => Ok(Vec::new()),
+                Some(c) => Err(format!("the server answered {c}")),
+                None => pep::read_device_list(ns, &a).map_err(|e| e.to_string()),
+            });
+            match devices {
+                Ok(devices) => changes.device_lists.push((ns, jid, devices)),
+                Err(e) => failed.push(format!("{} device list of {jid}: {e}", ns.short_name())),
+            }
         }
         self.blocking(move |st| {
             st.owners = None;

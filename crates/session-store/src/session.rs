@@ -100,7 +100,7 @@ pub fn check_identity(
     let decided = trust_in(store, changes, jid, key)?;
     let verified = match decided {
         Some(_) => false,
-        None => store.trust_of(jid)?.iter().any(|(_, t)| *t == TrustLevel::Verified),
+        None => store.any_verified(&[jid])?.first().copied().unwrap_or(false),
     };
     Ok(identity_decision(changes, jid, device, key, known, decided, verified))
 }
@@ -116,7 +116,7 @@ pub fn check_identities(
     let undecided: Vec<&str> =
         devices.iter().zip(&decided).filter(|(_, t)| t.is_none()).map(|((j, _, _), _)| *j).collect();
     let mut verified = store.any_verified(&undecided)?.into_iter();
-    devices
+    Ok(devices
         .iter()
         .zip(known)
         .zip(decided)
@@ -124,9 +124,9 @@ pub fn check_identities(
             let verified = decided.is_none() && verified.next().unwrap_or(false);
             let mut changes = Changes::default();
             let info = identity_decision(&mut changes, jid, *device, key, known, decided, verified);
-            Ok((info, changes))
+            (info, changes)
         })
-        .collect()
+        .collect())
 }
 
 /// What [`check_identity`] decides from what it read: a new or changed key is recorded; a key without

@@ -156,8 +156,8 @@ pub fn check_bundles<'a>(
     let passed: Vec<bool> = batches
         .par_iter()
         .map(|(at, seed)| {
-            let items: Vec<xeddsa::Signed> =
-                at.iter().filter_map(|&i| signed.get(i).and_then(|s| s.as_ref().ok()).cloned()).collect();
+            let items: Vec<&xeddsa::Signed> =
+                at.iter().filter_map(|&i| signed.get(i).and_then(|s| s.as_ref().ok())).collect();
             let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::from_seed(*seed);
             xeddsa::verify_batch(&items, &mut rng)
         })
@@ -400,11 +400,12 @@ mod tests {
             .map(|i| xeddsa::Signed::ed25519(&key, &[i], &sign(&[i], &EdwardsPoint::default(), &mut rng)).unwrap())
             .collect();
         assert!(honest.iter().all(xeddsa::Signed::check));
+        let honest: Vec<&xeddsa::Signed> = honest.iter().collect();
         assert!(xeddsa::verify_batch(&honest, &mut rng));
         let crafted = xeddsa::Signed::ed25519(&key, b"x", &sign(b"x", &EIGHT_TORSION[1], &mut rng)).unwrap();
         assert!(!crafted.check());
         let mut with = honest.clone();
-        with.push(crafted);
+        with.push(&crafted);
         assert!(xeddsa::verify_batch(&with, &mut rng));
         // Signed by another key: fails alone and in the batch.
         let mut forged = sign(b"y", &EdwardsPoint::default(), &mut rng);
@@ -412,7 +413,7 @@ mod tests {
         let forged = xeddsa::Signed::ed25519(&key, b"y", &forged).unwrap();
         assert!(!forged.check());
         let mut with = honest;
-        with.insert(4, forged);
+        with.insert(4, &forged);
         assert!(!xeddsa::verify_batch(&with, &mut rng));
     }
 }

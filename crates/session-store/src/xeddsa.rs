@@ -128,7 +128,7 @@ impl Signed {
 /// difference: this uses RFC 8032's cofactored equation, so a signature that is off only by a
 /// small-order component also passes, and only the key's owner can make one (it proves nothing new
 /// about the key). `false` says some signature failed, not which: check them alone to find out.
-pub(crate) fn verify_batch(items: &[Signed], rng: &mut impl CryptoRngCore) -> bool {
+pub(crate) fn verify_batch(items: &[&Signed], rng: &mut impl CryptoRngCore) -> bool {
     use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
     let z: Vec<Scalar> = items
         .iter()
