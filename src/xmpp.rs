@@ -2,9 +2,17 @@
 //!
 //! One task owns the tokio-xmpp client: it writes what the driver sends and forwards every stanza that
 //! arrives, in order. The connection is not re-established by itself: when it ends, the incoming stream
-//! ends and the driver reports [`crate::driver::Event::Disconnected`].
+//! ends and the driver reports [`crate::driver::Event::Disconnected`], after an error event that says
+//! why. tokio-xmpp reconnects on its own after a break; a stream resumed by stream management
+//! (XEP-0198) goes on, but a new stream ends the connection (the server has forgotten our room
+//! presences, and answers to requests in flight are lost), and so does a stanza that is not written
+//! within the connection's timeout (tokio-xmpp would hold it until the server is back, for ever).
 
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use minidom::Element;
@@ -40,6 +48,8 @@ enum Command {
 struct XmppTransport {
     jid: String,
     commands: mpsc::UnboundedSender<Command>,
+    /// Why the connection ended by itself (set by the connection's task before `incoming` ends).
+    end_reason: Arc<Mutex<Option<String>>>,
 }
 
 impl Transport for XmppTransport {
@@ -64,6 +74,10 @@ impl Transport for XmppTransport {
                 let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
             }
         })
+    }
+
+    fn end_reason(&self) -> Option<String> {
+        self.end_reason.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -122,7 +136,8 @@ async fn check_login<C: ServerConnector>(
 
 /// Connects and logs in as `jid` (a bare JID gets a random resource from the server) at `server`
 /// (`HOST:PORT`), waiting at most `timeout` for the session. Wrong credentials, an unreachable server
-/// and a refused plain connection are distinct errors.
+/// and a refused plain connection are distinct errors. `timeout` also bounds the writing of each stanza
+/// afterwards: one not written in time ends the connection.
 pub async fn connect(
     jid: &str,
     password: &str,
@@ -177,46 +192,68 @@ pub async fn connect(
     };
     let (commands, mut command_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming) = mpsc::unbounded_channel();
+    let ended = Arc::new(Mutex::new(None));
+    let end_reason = ended.clone();
     tokio::spawn(async move {
-        loop {
+        // `Some(why)` when the connection ends by itself; `None` when we closed it (and whom to tell).
+        let (why, closed) = loop {
             tokio::select! {
                 cmd = command_rx.recv() => match cmd {
                     Some(Command::Send(element, done)) => {
-                        let result = match xso::transform::<Stanza, Element>(&element) {
-                            Ok(stanza) => client
-                                .send_stanza(stanza)
-                                .await
-                                .map(|_| ())
-                                .map_err(|e| TransportError::Io(e.to_string())),
-                            Err(e) => Err(TransportError::Io(format!("not a stanza: {e}"))),
+                        let stanza = match xso::transform::<Stanza, Element>(&element) {
+                            Ok(stanza) => stanza,
+                            Err(e) => {
+                                let _ = done.send(Err(TransportError::Io(format!("not a stanza: {e}"))));
+                                continue;
+                            }
                         };
-                        let _ = done.send(result);
+                        // tokio-xmpp holds a stanza while its stream reconnects, for as long as that takes;
+                        // a stanza not written in time ends the connection instead of waiting for ever.
+                        let why = match tokio::time::timeout(timeout, client.send_stanza(stanza)).await {
+                            Ok(Ok(_)) => {
+                                let _ = done.send(Ok(()));
+                                continue;
+                            }
+                            Ok(Err(e)) => format!("writing a stanza failed: {e}"),
+                            Err(_) => format!("a stanza was not written within {} s: the stream is down", timeout.as_secs()),
+                        };
+                        let _ = done.send(Err(TransportError::Io(why.clone())));
+                        break (Some(why), None);
                     }
-                    Some(Command::Close(done)) => {
-                        let _ = tokio::time::timeout(Duration::from_secs(3), client.send_end()).await;
-                        let _ = done.send(());
-                        break;
-                    }
-                    None => {
-                        let _ = tokio::time::timeout(Duration::from_secs(3), client.send_end()).await;
-                        break;
-                    }
+                    Some(Command::Close(done)) => break (None, Some(done)),
+                    None => break (None, None),
                 },
                 event = client.next() => match event {
                     Some(XmppEvent::Stanza(stanza)) => {
                         if let Ok(element) = xso::transform::<Element, _>(&stanza) {
                             if incoming_tx.send(element).is_err() {
-                                break;
+                                break (None, None);
                             }
                         }
                     }
-                    Some(XmppEvent::Online { .. }) => {}
-                    Some(XmppEvent::Disconnected(_)) | None => break,
+                    // Stream management resumed the stream after a break: nothing was lost.
+                    Some(XmppEvent::Online { resumed: true, .. }) => {}
+                    // tokio-xmpp reconnected on its own, on a new stream: the server has forgotten our
+                    // presence in every room, and answers to what we asked before are lost.
+                    Some(XmppEvent::Online { resumed: false, .. }) => {
+                        let why = "the stream was restarted, not resumed: room presences and requests in flight are lost";
+                        break (Some(why.into()), None);
+                    }
+                    Some(XmppEvent::Disconnected(e)) => break (Some(format!("disconnected: {e}")), None),
+                    None => break (Some("the stream ended".into()), None),
                 },
             }
+        };
+        // Said before `incoming` ends, so that the driver can report it.
+        if let Some(why) = why {
+            *ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), client.send_end()).await;
+        if let Some(done) = closed {
+            let _ = done.send(());
         }
     });
-    Ok(Connection { transport: Arc::new(XmppTransport { jid: bound, commands }), incoming })
+    Ok(Connection { transport: Arc::new(XmppTransport { jid: bound, commands, end_reason }), incoming })
 }
 
 #[cfg(test)]

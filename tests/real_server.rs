@@ -31,6 +31,23 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     SERVERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// How long starting or stopping a server may take (ejabberd's own scripts wait up to 60 s).
+const SERVER_SECONDS: u64 = 150;
+
+/// How long one run of the command-line tool may take.
+const TOOL_SECONDS: u64 = 120;
+
+/// How long one whole test against a server may take: a test that hangs fails with a message instead
+/// of stopping the test run.
+const TEST_SECONDS: u64 = 360;
+
+/// `test` within [`TEST_SECONDS`].
+async fn bounded(what: &str, test: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(Duration::from_secs(TEST_SECONDS), test)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {TEST_SECONDS} s"));
+}
+
 fn realworld() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/realworld")
 }
@@ -61,20 +78,21 @@ impl Prosody {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("omemo-muc-{kind:?}-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let out = match kind {
+        let (cmd, what) = match kind {
             Kind::Prosody => {
                 assert!(installed("prosody"), "Prosody is not installed: run ../shared/realworld/install-prosody.sh");
-                Command::new(realworld().join("start-prosody.sh"))
-                    .arg(&dir)
-                    .env("PROSODY_PORT", port.to_string())
-                    .output()
-                    .unwrap()
+                let mut c = Command::new(realworld().join("start-prosody.sh"));
+                c.arg(&dir).env("PROSODY_PORT", port.to_string());
+                (c, "start-prosody.sh")
             }
             Kind::Ejabberd => {
                 assert!(installed("ejabberdctl"), "ejabberd is not installed: apt-get install ejabberd");
-                Command::new(support().join("start-ejabberd.sh")).arg(&dir).arg(port.to_string()).output().unwrap()
+                let mut c = Command::new(support().join("start-ejabberd.sh"));
+                c.arg(&dir).arg(port.to_string());
+                (c, "start-ejabberd.sh")
             }
         };
+        let out = common::run_within(cmd, SERVER_SECONDS, what).unwrap_or_else(|e| panic!("{e}"));
         assert!(out.status.success(), "start {kind:?}: {}", String::from_utf8_lossy(&out.stderr));
         Prosody { kind, dir, port }
     }
@@ -90,12 +108,20 @@ fn support() -> PathBuf {
 
 impl Drop for Prosody {
     fn drop(&mut self) {
-        let _ = match self.kind {
-            Kind::Prosody => Command::new(realworld().join("stop-prosody.sh")).arg(&self.dir).output(),
+        let mut stop = match self.kind {
+            Kind::Prosody => Command::new(realworld().join("stop-prosody.sh")),
             Kind::Ejabberd => {
-                Command::new(support().join("stop-ejabberd.sh")).arg(&self.dir).arg(self.port.to_string()).output()
+                let mut c = Command::new(support().join("stop-ejabberd.sh"));
+                c.arg(&self.dir).arg(self.port.to_string());
+                c
             }
         };
+        if self.kind == Kind::Prosody {
+            stop.arg(&self.dir);
+        }
+        if let Err(e) = common::run_within(stop, SERVER_SECONDS, "stopping the server") {
+            eprintln!("{e}");
+        }
         if std::env::var_os("OMEMO_KEEP_PROSODY").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -147,7 +173,7 @@ fn message(e: &Event) -> Option<(String, String, Source, Namespace)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_group_on_prosody() {
     let _one = one_at_a_time();
-    private_group(Kind::Prosody).await;
+    bounded("private_group_on_prosody", private_group(Kind::Prosody)).await;
 }
 
 /// The same on ejabberd: nothing in the client may depend on one server's ways.
@@ -156,7 +182,7 @@ async fn private_group_on_prosody() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_group_on_ejabberd() {
     let _one = one_at_a_time();
-    private_group(Kind::Ejabberd).await;
+    bounded("private_group_on_ejabberd", private_group(Kind::Ejabberd)).await;
 }
 
 async fn private_group(kind: Kind) {
@@ -229,6 +255,82 @@ async fn private_group(kind: Kind) {
     assert_eq!((from.as_str(), text.as_str(), ns), ("bob@localhost", "bob here", Namespace::Oldmemo));
 }
 
+/// The connection ends, with the reason, when the server goes away: a stanza that cannot be written
+/// fails within the connection's timeout instead of waiting for ever (tokio-xmpp would hold it until
+/// the server is back), and a stream that tokio-xmpp re-established on its own, but could not resume,
+/// ends the connection too (the server has forgotten our room presences and the requests in flight).
+// The guard only makes the other server tests wait on their own threads (each has its own runtime).
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_ends_the_connection_with_a_reason() {
+    let _one = one_at_a_time();
+    bounded("server_restart_ends_the_connection_with_a_reason", server_restart()).await;
+}
+
+async fn server_restart() {
+    let p = Prosody::start("restart");
+    let dir = p.dir.join("stores");
+    std::fs::create_dir_all(&dir).unwrap();
+    let quick = Duration::from_secs(3);
+    let mut driven = Vec::new();
+    for user in ["alice", "bob"] {
+        let conn =
+            connect(&format!("{user}@localhost"), user, &p.server(), Security::PlainLoopbackOnly, quick).await.unwrap();
+        let store = SqliteStore::open(dir.join(format!("{user}.db"))).unwrap();
+        let (driver, events, _) = OmemoMuc::start(conn, store, Config::new("conference.localhost")).await.unwrap();
+        driven.push((driver, events));
+    }
+    let (bob, mut bob_rx) = driven.pop().unwrap();
+    let (alice, mut alice_rx) = driven.pop().unwrap();
+    let stopped = common::run_within(
+        {
+            let mut c = Command::new(realworld().join("stop-prosody.sh"));
+            c.arg(&p.dir);
+            c
+        },
+        SERVER_SECONDS,
+        "stop-prosody.sh",
+    )
+    .unwrap();
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+
+    // Alice writes while the server is down: an error within her 3 s, not a wait for ever.
+    let presence: minidom::Element = "<presence xmlns='jabber:client'/>".parse().unwrap();
+    let sent = tokio::time::timeout(Duration::from_secs(30), alice.send_stanza(presence)).await;
+    let e = sent.expect("the send returns").expect_err("nothing can be written");
+    assert!(e.to_string().contains("not written within 3 s"), "{e}");
+    let why = next(&mut alice_rx, "alice's connection ends", |e| match e {
+        Event::Error { context, detail } if context == "connection" => Some(detail.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(why.contains("not written within 3 s"), "{why}");
+    next(&mut alice_rx, "alice disconnected", |e| matches!(e, Event::Disconnected).then_some(())).await;
+    let e = alice.send_stanza("<presence xmlns='jabber:client'/>".parse().unwrap()).await.unwrap_err();
+    assert!(e.to_string().contains("closed"), "{e}");
+
+    // The server comes back; Bob's connection reconnects by itself on a new stream, and ends.
+    let restarted = common::run_within(
+        {
+            let mut c = Command::new(realworld().join("start-prosody.sh"));
+            c.arg(&p.dir).env("PROSODY_PORT", p.port.to_string());
+            c
+        },
+        SERVER_SECONDS,
+        "start-prosody.sh",
+    )
+    .unwrap();
+    assert!(restarted.status.success(), "{}", String::from_utf8_lossy(&restarted.stderr));
+    let why = next(&mut bob_rx, "bob's connection ends", |e| match e {
+        Event::Error { context, detail } if context == "connection" => Some(detail.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(why.contains("restarted, not resumed"), "{why}");
+    next(&mut bob_rx, "bob disconnected", |e| matches!(e, Event::Disconnected).then_some(())).await;
+    drop(bob);
+}
+
 /// The command-line tool against Prosody: create-group, accept-invite, send, listen --expect, and the
 /// errors a user meets (wrong password, nothing listening).
 #[test]
@@ -236,6 +338,10 @@ fn command_line_tool_on_prosody() {
     let _one = one_at_a_time();
     let p = Prosody::start("cli");
     let bin = env!("CARGO_BIN_EXE_omemo-muc");
+    let ran = |c: Command| {
+        let what = format!("{c:?}");
+        common::run_within(c, TOOL_SECONDS, &what).unwrap_or_else(|e| panic!("{e}"))
+    };
     let tool = |user: &str, password: &str, args: &[&str]| {
         let store = p.dir.join(format!("{user}.db"));
         let mut c = Command::new(bin);
@@ -245,11 +351,8 @@ fn command_line_tool_on_prosody() {
         c
     };
     // Dave waits for an invitation while Alice creates the group.
-    let accept = tool("dave", "dave", &["accept-invite", "--from", "alice@localhost", "--seconds", "40"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let accept =
+        common::spawn(tool("dave", "dave", &["accept-invite", "--from", "alice@localhost", "--seconds", "40"]));
     // Dave must be online (and have published his keys) before the invitation is encrypted for him.
     let mut ready = false;
     for _ in 0..100 {
@@ -262,22 +365,22 @@ fn command_line_tool_on_prosody() {
     }
     assert!(ready, "dave never published");
     std::thread::sleep(Duration::from_millis(500));
-    let out = tool("alice", "alice", &["create-group", "--invite", "dave@localhost"]).output().unwrap();
+    let out = ran(tool("alice", "alice", &["create-group", "--invite", "dave@localhost"]));
     assert!(out.status.success(), "create-group: {}", String::from_utf8_lossy(&out.stderr));
     let room: String = serde_json::from_slice(&out.stdout).unwrap();
-    let accepted = accept.wait_with_output().unwrap();
+    let accepted = common::wait_within(accept, TOOL_SECONDS, "accept-invite").unwrap();
     assert!(accepted.status.success(), "accept-invite: {}", String::from_utf8_lossy(&accepted.stderr));
     assert_eq!(serde_json::from_slice::<String>(&accepted.stdout).unwrap(), room);
     let shown = String::from_utf8_lossy(&accepted.stderr);
     assert!(shown.contains("TrustedDevice(\"alice@localhost\")"), "{shown}");
     assert!(shown.contains("members-only: true; non-anonymous: true"), "{shown}");
 
-    let out = tool("alice", "alice", &["send", &room, "hello dave"]).output().unwrap();
+    let out = ran(tool("alice", "alice", &["send", &room, "hello dave"]));
     assert!(out.status.success(), "send: {}", String::from_utf8_lossy(&out.stderr));
     let coverage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(coverage["keyed"].as_array().unwrap().len(), 1, "{coverage}");
 
-    let out = tool("dave", "dave", &["listen", &room, "--seconds", "20", "--expect", "1"]).output().unwrap();
+    let out = ran(tool("dave", "dave", &["listen", &room, "--seconds", "20", "--expect", "1"]));
     assert_eq!(out.status.code(), Some(0), "listen: {}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -287,42 +390,35 @@ fn command_line_tool_on_prosody() {
         (Some("hello dave"), Some("mam"), Some("alice@localhost"))
     );
     // Seen once: listening again reports nothing new, and times out with 3.
-    let out = tool("dave", "dave", &["listen", &room, "--seconds", "3", "--expect", "1"]).output().unwrap();
+    let out = ran(tool("dave", "dave", &["listen", &room, "--seconds", "3", "--expect", "1"]));
     assert_eq!(out.status.code(), Some(3));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("hello dave"));
 
     // Interactive chat: Dave types a line, then /quit; Alice reads it.
-    let mut chat = tool("dave", "dave", &["chat", &room])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut chat = tool("dave", "dave", &["chat", &room]);
+    chat.stdin(std::process::Stdio::piped());
+    let mut chat = common::spawn(chat);
     {
         use std::io::Write;
         let mut stdin = chat.stdin.take().unwrap();
         stdin.write_all(b"typed in chat\n/quit\n").unwrap();
     }
-    let chatted = chat.wait_with_output().unwrap();
+    let chatted = common::wait_within(chat, TOOL_SECONDS, "chat").unwrap();
     assert!(chatted.status.success(), "chat: {}", String::from_utf8_lossy(&chatted.stderr));
     let transcript = String::from_utf8_lossy(&chatted.stdout);
     assert!(!transcript.contains("hello dave"), "already read with listen, not shown again: {transcript}");
     assert!(transcript.contains("(sent to 1 devices)"), "{transcript}");
-    let out = tool("alice", "alice", &["listen", &room, "--seconds", "20", "--expect", "1"]).output().unwrap();
+    let out = ran(tool("alice", "alice", &["listen", &room, "--seconds", "20", "--expect", "1"]));
     assert_eq!(out.status.code(), Some(0), "listen: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"text\":\"typed in chat\""));
 
     // The owner kicks Dave's occupant; he stays a member.
-    let mut listening = tool("dave", "dave", &["listen", &room, "--seconds", "20"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut listening = common::spawn(tool("dave", "dave", &["listen", &room, "--seconds", "20"]));
     let mut last = String::new();
     let mut kicked = false;
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(300));
-        let out = tool("alice", "alice", &["kick", &room, "dave"]).output().unwrap();
+        let out = ran(tool("alice", "alice", &["kick", &room, "dave"]));
         if out.status.success() {
             kicked = true;
             break;
@@ -331,14 +427,14 @@ fn command_line_tool_on_prosody() {
     }
     assert!(kicked, "kick never succeeded: {last}");
     let _ = listening.kill();
-    let heard = listening.wait_with_output().unwrap();
+    let heard = common::wait_within(listening, TOOL_SECONDS, "listen").unwrap();
     assert!(
         String::from_utf8_lossy(&heard.stdout).contains("\"reason\":\"kicked\""),
         "{}",
         String::from_utf8_lossy(&heard.stdout)
     );
 
-    let out = tool("alice", "wrong", &["join", &room]).output().unwrap();
+    let out = ran(tool("alice", "wrong", &["join", &room]));
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("authentication"),
@@ -348,7 +444,7 @@ fn command_line_tool_on_prosody() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut c = tool("alice", "alice", &["join", &room]);
     c.args(["--server", &format!("127.0.0.1:{closed}")]);
-    let out = c.output().unwrap();
+    let out = ran(c);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("cannot connect"),
@@ -421,6 +517,10 @@ fn first_child_text(e: &minidom::Element, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_oracle_in_a_room_on_prosody() {
     let _one = one_at_a_time();
+    bounded("the_oracle_in_a_room_on_prosody", oracle_in_a_room()).await;
+}
+
+async fn oracle_in_a_room() {
     let p = Prosody::start("oracle");
     let s = common::Scratch::new("oracle-prosody");
     let dave = common::Oracle::with_ns(&s, "dave@localhost", "dave", "twomemo");

@@ -198,7 +198,8 @@ pub enum Event {
         /// What went wrong.
         detail: String,
     },
-    /// The connection ended.
+    /// The connection ended (an [`Event::Error`] with context `connection` just before says why, where
+    /// the transport can tell).
     Disconnected,
 }
 
@@ -614,6 +615,9 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
             if self.inner.work.send(Work::Stanza(stanza)).is_err() {
                 break;
             }
+        }
+        if let Some(why) = self.inner.transport.end_reason() {
+            self.emit(Event::Error { context: "connection".into(), detail: why });
         }
         self.emit(Event::Disconnected);
         let _ = self.inner.work.send(Work::Stop);

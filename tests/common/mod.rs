@@ -3,9 +3,12 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
-    io::Write,
+    io::{Read, Write},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -44,16 +47,82 @@ impl Drop for Scratch {
     }
 }
 
+/// How long one run of a program may take in a test: generous for a loaded two-core machine, and still
+/// a clear failure instead of a test run that never ends.
+pub const PROGRAM_SECONDS: u64 = 180;
+
 fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let what = format!("{cmd:?}");
+    cmd.stdin(Stdio::piped());
+    let mut child = spawn(cmd);
     {
         let mut pipe = child.stdin.take().unwrap();
         if let Some(s) = stdin {
             pipe.write_all(s.as_bytes()).unwrap();
         }
     }
-    child.wait_with_output().unwrap()
+    wait_within(child, PROGRAM_SECONDS, &what).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Starts `cmd` with its output piped, in a process group of its own (so that [`wait_within`] can stop
+/// whatever it started).
+pub fn spawn(mut cmd: Command) -> Child {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+/// [`spawn`], then [`wait_within`].
+pub fn run_within(cmd: Command, secs: u64, what: &str) -> Result<Output, String> {
+    wait_within(spawn(cmd), secs, what)
+}
+
+/// Waits at most `secs` seconds for `child` (started by [`spawn`]), reading its output meanwhile. Past
+/// that, its whole process group is killed and the error says so, with what it had written to stderr.
+/// A daemon the child started may keep its pipes open: what the pipes gave within a few seconds of the
+/// child's exit is the output then.
+pub fn wait_within(mut child: Child, secs: u64, what: &str) -> Result<Output, String> {
+    // What a pipe gave (so far), and a channel that closes when the pipe does.
+    type Gathered = (Arc<Mutex<Vec<u8>>>, mpsc::Receiver<()>);
+    fn reader(pipe: Option<impl Read + Send + 'static>) -> Gathered {
+        let all = Arc::new(Mutex::new(Vec::new()));
+        let (closed_tx, closed) = mpsc::channel();
+        let into = all.clone();
+        std::thread::spawn(move || {
+            let _closes = closed_tx;
+            let Some(mut pipe) = pipe else { return };
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                into.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        (all, closed)
+    }
+    fn gathered((all, closed): &Gathered, wait: Duration) -> Vec<u8> {
+        let _ = closed.recv_timeout(wait);
+        std::mem::take(&mut *all.lock().unwrap())
+    }
+    let (out, err) = (reader(child.stdout.take()), reader(child.stderr.take()));
+    let group = child.id();
+    let (exited_tx, exited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = exited_tx.send(child.wait());
+    });
+    let status = match exited.recv_timeout(Duration::from_secs(secs)) {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => return Err(format!("{what}: {e}")),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).status();
+            let _ = exited.recv_timeout(Duration::from_secs(2));
+            let stderr = gathered(&err, Duration::from_secs(2));
+            return Err(format!(
+                "{what}: not done within {secs} s, killed; its stderr: {}",
+                String::from_utf8_lossy(&stderr)
+            ));
+        }
+    };
+    let stdout = gathered(&out, Duration::from_secs(5));
+    let stderr = gathered(&err, Duration::from_secs(1));
+    Ok(Output { status, stdout, stderr })
 }
 
 /// One of our devices: a store file and a JID.
