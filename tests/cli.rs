@@ -10,13 +10,10 @@ use common::*;
 fn tool(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     use std::io::Write;
     let mut c = Command::new(env!("CARGO_BIN_EXE_omemo-muc"));
-    c.args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
+    c.args(args).stdin(std::process::Stdio::piped());
+    let mut child = spawn(c);
     child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = wait_within(child, PROGRAM_SECONDS, &format!("omemo-muc {args:?}")).unwrap_or_else(|e| panic!("{e}"));
     let (out, err) = (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned());
     assert!(!err.contains("panicked"), "panic: {err}");
     (o.status.code().unwrap_or(-1), out, err)
@@ -255,4 +252,22 @@ fn device_id_collision_is_resolved_before_the_first_publish() {
     let (_, out, _) = tool(&["--store", first, "--jid", "a@example.org", "publish", "--pep", pep], None);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v.get("device_id_collision").is_none() && v["device_id"] == taken);
+}
+
+/// The helper every test uses to run a program: past its bound the program and what it started are
+/// killed and the error says so; a daemon that keeps the pipes open does not hold the test.
+#[test]
+fn programs_past_their_bound_are_killed() {
+    let started = std::time::Instant::now();
+    let mut c = Command::new("sh");
+    c.args(["-c", "echo begun >&2; sleep 60 & sleep 60"]);
+    let e = run_within(c, 1, "two sleeps").unwrap_err();
+    assert!(e.contains("two sleeps: not done within 1 s, killed; its stderr: begun"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "{:?}", started.elapsed());
+
+    let mut c = Command::new("sh");
+    c.args(["-c", "echo ready; sleep 3 & exit 0"]);
+    let out = run_within(c, 30, "a daemon").unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\n");
 }

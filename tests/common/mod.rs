@@ -76,7 +76,7 @@ pub fn run_within(cmd: Command, secs: u64, what: &str) -> Result<Output, String>
     wait_within(spawn(cmd), secs, what)
 }
 
-/// Waits at most `secs` seconds for `child` (started by [`spawn`]), reading its output meanwhile. Past
+/// Waits at most `secs` seconds for `child` (best started by [`spawn`]), reading its output meanwhile. Past
 /// that, its whole process group is killed and the error says so, with what it had written to stderr.
 /// A daemon the child started may keep its pipes open: what the pipes gave within a few seconds of the
 /// child's exit is the output then.
@@ -111,7 +111,8 @@ pub fn wait_within(mut child: Child, secs: u64, what: &str) -> Result<Output, St
         Ok(Ok(status)) => status,
         Ok(Err(e)) => return Err(format!("{what}: {e}")),
         Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).status();
+            // Its group, if `spawn` started it; the child itself in any case.
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{group}"), &group.to_string()]).status();
             let _ = exited.recv_timeout(Duration::from_secs(2));
             let stderr = gathered(&err, Duration::from_secs(2));
             return Err(format!(
