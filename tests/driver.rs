@@ -51,11 +51,13 @@ fn text_of(e: &Event) -> Option<(String, String, Source, Namespace)> {
     }
 }
 
-/// Every event now queued (waits briefly for stragglers).
+/// Every event now queued (waits briefly for stragglers); events that never stop coming fail the test.
 async fn drain(rx: &mut UnboundedReceiver<Event>) -> Vec<Event> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut out = Vec::new();
     while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
         out.push(e);
+        assert!(tokio::time::Instant::now() < deadline && out.len() < 10_000, "events never stop: {out:?}");
     }
     out
 }

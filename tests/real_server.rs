@@ -229,11 +229,16 @@ async fn private_group(kind: Kind) {
     alice.send_confirmed(&room, "missed 2", Duration::from_secs(20)).await.unwrap();
     let (bob, mut bob_rx) = client(&p, "bob", &dir.join("bob.db"), NamespaceSet::OLDMEMO).await;
     bob.join(&room, "bob").await.unwrap();
-    let mut got = Vec::new();
+    // Until Bob's events pause for 2 s; events that never stop fail the test.
+    let (mut got, mut seen) = (Vec::new(), 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(2), bob_rx.recv()).await {
+        eprintln!("bob catches up: {e:?}");
         if let Some((_, t, s, _)) = message(&e) {
             got.push((t, s));
         }
+        seen += 1;
+        assert!(tokio::time::Instant::now() < deadline && seen < 1_000, "bob's events never stop");
     }
     assert_eq!(got, vec![("missed 1".to_owned(), Source::Archive), ("missed 2".to_owned(), Source::Archive)]);
 
@@ -473,8 +478,12 @@ impl Raw {
         self.next += 1;
         let id = format!("raw{}", self.next);
         self.send(&format!("<iq xmlns='jabber:client' type='{kind}' id='{id}' to='{to}'>{body}</iq>")).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let e = tokio::time::timeout(Duration::from_secs(10), self.rx.recv()).await.unwrap().unwrap();
+            let e = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {id} within 10 s"))
+                .unwrap();
             if e.name() == "iq" && e.attr("id") == Some(id.as_str()) {
                 assert_ne!(e.attr("type"), Some("error"), "{}", String::from(&e));
                 return e;
@@ -487,8 +496,9 @@ impl Raw {
         if let Some(i) = self.backlog.iter().position(&pick) {
             return self.backlog.remove(i).unwrap();
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let e = tokio::time::timeout(Duration::from_secs(20), self.rx.recv())
+            let e = tokio::time::timeout_at(deadline, self.rx.recv())
                 .await
                 .unwrap_or_else(|_| panic!("{what}: nothing within 20 s"))
                 .unwrap();
