@@ -1,32 +1,36 @@
-//! A [`Transport`] over a real XMPP connection (tokio-xmpp): STARTTLS, or plain TCP where allowed.
+//! A [`Transport`] over a real XMPP connection: STARTTLS, or plain TCP where allowed.
 //!
-//! One task owns the tokio-xmpp client: it writes what the driver sends and forwards every stanza that
-//! arrives, in order. The connection is not re-established by itself: when it ends, the incoming stream
-//! ends and the driver reports [`crate::driver::Event::Disconnected`], after an error event that says
-//! why. tokio-xmpp reconnects on its own after a break; a stream resumed by stream management
-//! (XEP-0198) goes on, but a new stream ends the connection (the server has forgotten our room
-//! presences, and answers to requests in flight are lost), and so does a stanza that is not written
-//! within the connection's timeout (tokio-xmpp would hold it until the server is back, for ever).
+//! tokio-xmpp connects, negotiates TLS and authenticates; the rest is ours: resource binding, then one
+//! task that owns the XML stream, writes what the driver sends and forwards every element that
+//! arrives, as it arrived and in order. No stanza is parsed into a typed form on the way (a typed
+//! client drops a stanza it cannot parse without a word), and nothing is resent or resumed behind the
+//! driver's back: when the connection ends, the incoming stream ends and the driver reports
+//! [`crate::driver::Event::Disconnected`], after an error event that says why. A stanza that is not
+//! written within the connection's timeout ends the connection too. When the server has been silent
+//! for the read timeout, a ping asks it for a sign of life; with no answer, the connection ends.
 
 use std::{
+    borrow::Cow,
     net::IpAddr,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use minidom::Element;
 use sasl::common::Credentials;
 use tokio::sync::{mpsc, oneshot};
 use tokio_xmpp::{
-    connect::{DnsConfig, ServerConnector, StartTlsServerConnector, TcpServerConnector},
+    connect::{AsyncReadAndWrite, DnsConfig, ServerConnector, StartTlsServerConnector, TcpServerConnector},
     jid::Jid,
     parsers::stream_features::StreamFeatures,
-    xmlstream::{Timeouts, XmppStream},
-    Client, Event as XmppEvent, Stanza,
+    xmlstream::{ReadError, StreamHeader, Timeouts, XmlStream, XmppStream},
 };
 
-use crate::driver::transport::{BoxFuture, Connection, Transport, TransportError};
+use crate::{
+    driver::transport::{BoxFuture, Connection, Transport, TransportError},
+    local::hub::set_attr,
+};
 
 /// How to secure the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,43 +105,80 @@ pub fn is_loopback(host: &str) -> bool {
 
 /// Connects and authenticates once (then closes): wrong credentials and connection failures become
 /// errors here, where tokio-xmpp's client would retry without end.
-async fn check_login<C: ServerConnector>(
+/// An authenticated XML stream whose elements are read as they are.
+type Stream = XmlStream<Box<dyn AsyncReadAndWrite + Send + 'static>, Element>;
+
+const NS_CLIENT: &str = "jabber:client";
+const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
+const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+/// The id of our resource binding request.
+const BIND_ID: &str = "omemo-muc-bind";
+/// The ids of our pings after a silence start with this; their answers are ours, not the driver's.
+const KEEPALIVE_ID: &str = "omemo-muc-keepalive-";
+
+/// Connects, authenticates and binds a resource: our full JID and the stream.
+async fn open<C: ServerConnector>(
     connector: C,
     jid: &Jid,
     password: &str,
     server: &str,
-    timeout: Duration,
-) -> Result<(), TransportError> {
+) -> Result<(String, Stream), TransportError> {
+    let cannot_connect =
+        |e: &dyn std::fmt::Display| TransportError::Refused(format!("cannot connect to {server}: {e}"));
+    let cannot_log_in = |e: &dyn std::fmt::Display| TransportError::Refused(format!("cannot log in at {server}: {e}"));
     let username = jid
         .node()
         .map(|n| n.as_str().to_owned())
         .ok_or_else(|| TransportError::Refused(format!("{jid} has no local part")))?;
-    let attempt = async {
-        let (pending, binding) = connector
-            .connect(jid, "jabber:client", Timeouts::default())
-            .await
-            .map_err(|e| TransportError::Refused(format!("cannot connect to {server}: {e}")))?;
-        let (features, stream): (StreamFeatures, XmppStream<C::Stream>) = pending
-            .recv_features()
-            .await
-            .map_err(|e| TransportError::Refused(format!("cannot connect to {server}: {e}")))?;
-        let creds =
-            Credentials::default().with_username(username).with_password(password).with_channel_binding(binding);
-        match tokio_xmpp::client_login(stream, features.sasl_mechanisms, creds).await {
-            Ok(_) => Ok(()),
-            Err(tokio_xmpp::Error::Auth(e)) => Err(TransportError::Refused(format!("authentication failed: {e}"))),
-            Err(e) => Err(TransportError::Refused(format!("cannot log in at {server}: {e}"))),
-        }
+    let (pending, binding) =
+        connector.connect(jid, NS_CLIENT, Timeouts::default()).await.map_err(|e| cannot_connect(&e))?;
+    let (features, stream): (StreamFeatures, XmppStream<C::Stream>) =
+        pending.recv_features().await.map_err(|e| cannot_connect(&e))?;
+    let creds = Credentials::default().with_username(username).with_password(password).with_channel_binding(binding);
+    let authenticated = match tokio_xmpp::client_login(stream, features.sasl_mechanisms, creds).await {
+        Ok(s) => s,
+        Err(tokio_xmpp::Error::Auth(e)) => return Err(TransportError::Refused(format!("authentication failed: {e}"))),
+        Err(e) => return Err(cannot_log_in(&e)),
     };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| TransportError::Refused(format!("no answer from {server} within {} s", timeout.as_secs())))?
+    let header = StreamHeader { to: Some(Cow::Borrowed(jid.domain().as_str())), from: None, id: None };
+    let pending = authenticated.send_header(header).await.map_err(|e| cannot_log_in(&e))?;
+    let (_, stream) = pending.recv_features::<Element>().await.map_err(|e| cannot_log_in(&e))?;
+    let mut stream = stream.box_stream();
+
+    let mut bind = Element::builder("bind", NS_BIND);
+    if let Some(resource) = jid.resource() {
+        bind = bind.append(Element::builder("resource", NS_BIND).append(resource.as_str()));
+    }
+    let mut request = Element::builder("iq", NS_CLIENT).append(bind).build();
+    set_attr(&mut request, "type", "set");
+    set_attr(&mut request, "id", BIND_ID);
+    stream.send(&request).await.map_err(|e| cannot_log_in(&e))?;
+    loop {
+        match stream.next().await {
+            Some(Ok(answer)) if answer.is("iq", NS_CLIENT) && answer.attr("id") == Some(BIND_ID) => {
+                let bound = answer
+                    .get_child("bind", NS_BIND)
+                    .and_then(|b| b.get_child("jid", NS_BIND))
+                    .map(|j| j.text())
+                    .filter(|j| answer.attr("type") == Some("result") && !j.is_empty());
+                return match bound {
+                    Some(full) => Ok((full, stream)),
+                    None => Err(cannot_log_in(&format!("resource binding refused: {}", String::from(&answer)))),
+                };
+            }
+            // Nothing else is expected before the binding; nothing else is for us yet.
+            Some(Ok(_)) | Some(Err(ReadError::SoftTimeout)) => {}
+            Some(Err(e)) => return Err(cannot_log_in(&e)),
+            None => return Err(cannot_log_in(&"the stream ended")),
+        }
+    }
 }
 
-/// Connects and logs in as `jid` (a bare JID gets a random resource from the server) at `server`
-/// (`HOST:PORT`), waiting at most `timeout` for the session. Wrong credentials, an unreachable server
-/// and a refused plain connection are distinct errors. `timeout` also bounds the writing of each stanza
-/// afterwards: one not written in time ends the connection.
+/// Connects and logs in as `jid` (a bare JID gets a resource from the server) at `server` (`HOST:PORT`),
+/// waiting at most `timeout` for the session. Wrong credentials, an unreachable server and a refused
+/// plain connection are distinct errors. `timeout` also bounds the writing of each stanza afterwards:
+/// one not written in time ends the connection.
 pub async fn connect(
     jid: &str,
     password: &str,
@@ -147,113 +188,110 @@ pub async fn connect(
 ) -> Result<Connection, TransportError> {
     let (host, port) = host_port(server)?;
     let jid: Jid = jid.parse().map_err(|e| TransportError::Refused(format!("JID {jid:?}: {e}")))?;
-    // tokio-xmpp retries a failed login for ever, silently: one login of our own first tells a wrong
-    // password and an unreachable server apart, with a clear error.
-    let mut client = match security {
-        Security::StartTls => {
-            let connector = StartTlsServerConnector(DnsConfig::no_srv(&host, port));
-            check_login(connector, &jid, password, server, timeout).await?;
-            Client::new_starttls(jid, password, DnsConfig::no_srv(&host, port), Timeouts::default())
-        }
-        Security::PlainLoopbackOnly if !is_loopback(&host) => {
-            return Err(TransportError::Refused(format!(
+    let opening = async {
+        match security {
+            Security::StartTls => {
+                open(StartTlsServerConnector(DnsConfig::no_srv(&host, port)), &jid, password, server).await
+            }
+            Security::PlainLoopbackOnly if !is_loopback(&host) => Err(TransportError::Refused(format!(
                 "plain TCP to {host} is not a loopback address: use STARTTLS, or --insecure-plain"
-            )))
-        }
-        Security::PlainLoopbackOnly | Security::PlainAnywhere => {
-            let addr = if host == "localhost" { format!("127.0.0.1:{port}") } else { format!("{host}:{port}") };
-            check_login(TcpServerConnector(DnsConfig::addr(&addr)), &jid, password, server, timeout).await?;
-            Client::new_plaintext(jid, password, DnsConfig::addr(&addr), Timeouts::default())
-        }
-    };
-    let bound = tokio::time::timeout(timeout, async {
-        loop {
-            match client.next().await {
-                Some(XmppEvent::Online { bound_jid, .. }) => return Ok(bound_jid.to_string()),
-                Some(XmppEvent::Disconnected(tokio_xmpp::Error::Auth(e))) => {
-                    return Err(TransportError::Refused(format!("authentication failed: {e}")))
-                }
-                Some(XmppEvent::Disconnected(e)) => {
-                    return Err(TransportError::Refused(format!("cannot connect to {server}: {e}")))
-                }
-                Some(XmppEvent::Stanza(_)) => {}
-                None => return Err(TransportError::Closed),
+            ))),
+            Security::PlainLoopbackOnly | Security::PlainAnywhere => {
+                let addr = if host == "localhost" { format!("127.0.0.1:{port}") } else { format!("{host}:{port}") };
+                open(TcpServerConnector(DnsConfig::addr(&addr)), &jid, password, server).await
             }
         }
-    })
-    .await
-    .map_err(|_| TransportError::Refused(format!("no session with {server} within {} s", timeout.as_secs())))?;
-    let bound = match bound {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = tokio::time::timeout(Duration::from_secs(2), client.send_end()).await;
-            return Err(e);
-        }
     };
-    let (commands, mut command_rx) = mpsc::unbounded_channel();
+    let (bound, stream) = tokio::time::timeout(timeout, opening)
+        .await
+        .map_err(|_| TransportError::Refused(format!("no session with {server} within {} s", timeout.as_secs())))??;
+    let (commands, command_rx) = mpsc::unbounded_channel();
     let (incoming_tx, incoming) = mpsc::unbounded_channel();
-    let ended = Arc::new(Mutex::new(None));
-    let end_reason = ended.clone();
-    tokio::spawn(async move {
-        // `Some(why)` when the connection ends by itself; `None` when we closed it (and whom to tell).
-        let (why, closed) = loop {
-            tokio::select! {
-                cmd = command_rx.recv() => match cmd {
-                    Some(Command::Send(element, done)) => {
-                        let stanza = match xso::transform::<Stanza, Element>(&element) {
-                            Ok(stanza) => stanza,
-                            Err(e) => {
-                                let _ = done.send(Err(TransportError::Io(format!("not a stanza: {e}"))));
-                                continue;
-                            }
-                        };
-                        // tokio-xmpp holds a stanza while its stream reconnects, for as long as that takes;
-                        // a stanza not written in time ends the connection instead of waiting for ever.
-                        let why = match tokio::time::timeout(timeout, client.send_stanza(stanza)).await {
-                            Ok(Ok(_)) => {
-                                let _ = done.send(Ok(()));
-                                continue;
-                            }
-                            Ok(Err(e)) => format!("writing a stanza failed: {e}"),
-                            Err(_) => format!("a stanza was not written within {} s: the stream is down", timeout.as_secs()),
-                        };
+    let end_reason = Arc::new(Mutex::new(None));
+    let domain = jid.domain().as_str().to_owned();
+    tokio::spawn(run(stream, command_rx, incoming_tx, end_reason.clone(), timeout, domain));
+    Ok(Connection { transport: Arc::new(XmppTransport { jid: bound, commands, end_reason }), incoming })
+}
+
+/// The connection's task: writes what is sent, forwards what arrives, until either side ends it.
+async fn run(
+    mut stream: Stream,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    incoming: mpsc::UnboundedSender<Element>,
+    end_reason: Arc<Mutex<Option<String>>>,
+    timeout: Duration,
+    domain: String,
+) {
+    let mut pings = 0u64;
+    // `Some(why)` when the connection ends by itself; `None` when we closed it (and whom to tell).
+    let (why, closed) = loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                Some(Command::Send(element, done)) => match write(&mut stream, &element, timeout).await {
+                    Ok(()) => {
+                        let _ = done.send(Ok(()));
+                    }
+                    Err(why) => {
                         let _ = done.send(Err(TransportError::Io(why.clone())));
                         break (Some(why), None);
                     }
-                    Some(Command::Close(done)) => break (None, Some(done)),
-                    None => break (None, None),
                 },
-                event = client.next() => match event {
-                    Some(XmppEvent::Stanza(stanza)) => {
-                        if let Ok(element) = xso::transform::<Element, _>(&stanza) {
-                            if incoming_tx.send(element).is_err() {
-                                break (None, None);
-                            }
-                        }
+                Some(Command::Close(done)) => break (None, Some(done)),
+                None => break (None, None),
+            },
+            read = stream.next() => match read {
+                Some(Ok(element)) => {
+                    if element.is("error", NS_STREAMS) {
+                        let condition = element
+                            .children()
+                            .find(|c| c.ns() == NS_STANZAS)
+                            .map_or_else(|| "an error".to_owned(), |c| c.name().to_owned());
+                        break (Some(format!("the server ended the stream: {condition}")), None);
                     }
-                    // Stream management resumed the stream after a break: nothing was lost.
-                    Some(XmppEvent::Online { resumed: true, .. }) => {}
-                    // tokio-xmpp reconnected on its own, on a new stream: the server has forgotten our
-                    // presence in every room, and answers to what we asked before are lost.
-                    Some(XmppEvent::Online { resumed: false, .. }) => {
-                        let why = "the stream was restarted, not resumed: room presences and requests in flight are lost";
-                        break (Some(why.into()), None);
+                    let keepalive = element.is("iq", NS_CLIENT)
+                        && element.attr("id").is_some_and(|id| id.starts_with(KEEPALIVE_ID));
+                    if !keepalive && incoming.send(element).is_err() {
+                        break (None, None);
                     }
-                    Some(XmppEvent::Disconnected(e)) => break (Some(format!("disconnected: {e}")), None),
-                    None => break (Some("the stream ended".into()), None),
-                },
-            }
-        };
-        // Said before `incoming` ends, so that the driver can report it.
-        if let Some(why) = why {
-            *ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+                }
+                // The server has been silent for the read timeout: ask it for a sign of life (the stream
+                // ends by itself if none comes within the response timeout).
+                Some(Err(ReadError::SoftTimeout)) => {
+                    pings += 1;
+                    let mut ping = Element::builder("iq", NS_CLIENT).append(Element::builder("ping", "urn:xmpp:ping")).build();
+                    set_attr(&mut ping, "type", "get");
+                    set_attr(&mut ping, "id", &format!("{KEEPALIVE_ID}{pings}"));
+                    set_attr(&mut ping, "to", &domain);
+                    if let Err(why) = write(&mut stream, &ping, timeout).await {
+                        break (Some(why), None);
+                    }
+                }
+                Some(Err(ReadError::ParseError(e))) => break (Some(format!("unreadable XML from the server: {e}")), None),
+                Some(Err(ReadError::HardError(e))) => break (Some(format!("the connection failed: {e}")), None),
+                Some(Err(ReadError::StreamFooterReceived)) | None => {
+                    break (Some("the server closed the stream".into()), None)
+                }
+            },
         }
-        let _ = tokio::time::timeout(Duration::from_secs(3), client.send_end()).await;
-        if let Some(done) = closed {
-            let _ = done.send(());
-        }
-    });
-    Ok(Connection { transport: Arc::new(XmppTransport { jid: bound, commands, end_reason }), incoming })
+    };
+    // Said before `incoming` ends, so that the driver can report it.
+    if let Some(why) = why {
+        *end_reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+    }
+    drop(incoming);
+    let _ = tokio::time::timeout(Duration::from_secs(3), SinkExt::<&Element>::close(&mut stream)).await;
+    if let Some(done) = closed {
+        let _ = done.send(());
+    }
+}
+
+/// Writes one element within `timeout`; the error says why the connection cannot go on.
+async fn write(stream: &mut Stream, element: &Element, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, stream.send(element)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("writing a stanza failed: {e}")),
+        Err(_) => Err(format!("a stanza was not written within {} s: the connection is stuck", timeout.as_secs())),
+    }
 }
 
 #[cfg(test)]
