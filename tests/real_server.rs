@@ -279,7 +279,8 @@ async fn private_group(kind: Kind) {
     assert_eq!((from.as_str(), text.as_str(), ns), ("bob@localhost", "bob here", Namespace::Oldmemo));
 }
 
-/// The connection ends, with the reason, when the server stops reading or goes away: a stanza that
+/// Requests from others are answered. The connection ends, with the reason, when the server stops
+/// reading or goes away: a stanza that
 /// cannot be written fails within the connection's timeout instead of waiting for ever, and a server
 /// that ends the stream ends the connection at once (before, tokio-xmpp reconnected behind the
 /// driver's back, on a stream where our room presences were forgotten, and held stanzas until then).
@@ -325,12 +326,25 @@ async fn stuck_or_stopped() {
     for user in ["alice", "bob"] {
         let conn =
             connect(&format!("{user}@localhost"), user, &p.server(), Security::PlainLoopbackOnly, quick).await.unwrap();
+        let full = conn.transport.jid().to_owned();
         let store = SqliteStore::open(dir.join(format!("{user}.db"))).unwrap();
         let (driver, events, _) = OmemoMuc::start(conn, store, Config::new("conference.localhost")).await.unwrap();
-        driven.push((driver, events));
+        driven.push((driver, events, full));
     }
-    let (bob, mut bob_rx) = driven.pop().unwrap();
-    let (alice, mut alice_rx) = driven.pop().unwrap();
+    let (bob, mut bob_rx, _) = driven.pop().unwrap();
+    let (alice, mut alice_rx, alice_full) = driven.pop().unwrap();
+
+    // Requests to Alice's resource get answers (RFC 6120 8.2.3), through the server: a ping, disco#info,
+    // and service-unavailable for anything else.
+    let conn = connect("carol@localhost", "carol", &p.server(), Security::PlainLoopbackOnly, quick).await.unwrap();
+    let mut carol = Raw { conn: conn.transport, rx: conn.incoming, backlog: Default::default(), next: 0 };
+    carol.iq("<ping xmlns='urn:xmpp:ping'/>", &alice_full, "get").await;
+    let info = carol.iq("<query xmlns='http://jabber.org/protocol/disco#info'/>", &alice_full, "get").await;
+    let info = String::from(&info);
+    assert!(info.contains("urn:xmpp:omemo:2:devices+notify") && info.contains("urn:xmpp:ping"), "{info}");
+    let refused = carol.answer("<query xmlns='jabber:iq:version'/>", &alice_full, "get").await;
+    assert_eq!(refused.attr("type"), Some("error"), "{}", String::from(&refused));
+    assert!(String::from(&refused).contains("service-unavailable"), "{}", String::from(&refused));
 
     // The server stops reading (SIGSTOP): once the socket buffers are full, Alice's next stanza is not
     // written within her 3 s, and her connection ends with that reason (at most 64 MiB are tried).
@@ -509,6 +523,13 @@ impl Raw {
     }
 
     async fn iq(&mut self, body: &str, to: &str, kind: &str) -> minidom::Element {
+        let e = self.answer(body, to, kind).await;
+        assert_ne!(e.attr("type"), Some("error"), "{}", String::from(&e));
+        e
+    }
+
+    /// The answer to an IQ, whatever its type.
+    async fn answer(&mut self, body: &str, to: &str, kind: &str) -> minidom::Element {
         self.next += 1;
         let id = format!("raw{}", self.next);
         self.send(&format!("<iq xmlns='jabber:client' type='{kind}' id='{id}' to='{to}'>{body}</iq>")).await;
@@ -519,7 +540,6 @@ impl Raw {
                 .unwrap_or_else(|_| panic!("no answer to {id} within 10 s"))
                 .unwrap();
             if e.name() == "iq" && e.attr("id") == Some(id.as_str()) {
-                assert_ne!(e.attr("type"), Some("error"), "{}", String::from(&e));
                 return e;
             }
             self.backlog.push_back(e);

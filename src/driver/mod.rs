@@ -684,6 +684,9 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
                 }
                 self.direct_message(&from, stanza).await
             }
+            "iq" if matches!(stanza.attr("type"), Some("get" | "set")) => {
+                self.send_stanza(iq_answer(&stanza, self.inner.config.namespaces)?).await
+            }
             _ => Ok(()),
         }
     }
@@ -1611,6 +1614,41 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
     pub async fn close(&self) {
         self.inner.transport.close().await;
     }
+}
+
+/// The answer to a request someone sent us (RFC 6120 8.2.3: every get and set gets one): a ping is
+/// answered, a disco#info query gets our features, anything else `service-unavailable`.
+fn iq_answer(request: &Element, namespaces: NamespaceSet) -> Result<Element, DriverError> {
+    const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+    let head = |kind: &str| {
+        format!(
+            "<iq xmlns='jabber:client' type='{kind}' to='{}' id='{}'>",
+            escape(request.attr("from").unwrap_or_default()),
+            escape(request.attr("id").unwrap_or_default())
+        )
+    };
+    let query = request.children().next();
+    let text = match query {
+        Some(q) if q.is("ping", "urn:xmpp:ping") && request.attr("type") == Some("get") => {
+            format!("{}</iq>", head("result"))
+        }
+        Some(q) if q.is("query", NS_DISCO_INFO) && request.attr("type") == Some("get") && q.attr("node").is_none() => {
+            let mut features = vec![NS_DISCO_INFO, "urn:xmpp:ping", "jabber:x:conference", NS_MUC];
+            if namespaces.contains(Namespace::Oldmemo) {
+                features.push("eu.siacs.conversations.axolotl.devicelist+notify");
+            }
+            if namespaces.contains(Namespace::Twomemo) {
+                features.push("urn:xmpp:omemo:2:devices+notify");
+            }
+            let features: String = features.iter().map(|f| format!("<feature var='{f}'/>")).collect();
+            format!(
+                "{}<query xmlns='{NS_DISCO_INFO}'><identity category='client' type='pc' name='omemo-muc'/>{features}</query></iq>",
+                head("result")
+            )
+        }
+        _ => format!("{}<error type='cancel'><service-unavailable xmlns='{NS_STANZAS}'/></error></iq>", head("error")),
+    };
+    element(&text)
 }
 
 /// Device id → the bare JIDs whose stored device lists hold it, over the room's members and occupants.
