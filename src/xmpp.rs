@@ -103,8 +103,6 @@ pub fn is_loopback(host: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Connects and authenticates once (then closes): wrong credentials and connection failures become
-/// errors here, where tokio-xmpp's client would retry without end.
 /// An authenticated XML stream whose elements are read as they are.
 type Stream = XmlStream<Box<dyn AsyncReadAndWrite + Send + 'static>, Element>;
 
