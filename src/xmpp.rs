@@ -27,10 +27,9 @@ use tokio_xmpp::{
     xmlstream::{ReadError, StreamHeader, Timeouts, XmlStream, XmppStream},
 };
 
-use crate::{
-    driver::transport::{BoxFuture, Connection, Transport, TransportError},
-    local::hub::set_attr,
-};
+use participant_resolver::xml::{escape, parse_text, NS_CLIENT, NS_PING};
+
+use crate::driver::transport::{BoxFuture, Connection, Transport, TransportError};
 
 /// How to secure the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,10 +105,10 @@ pub fn is_loopback(host: &str) -> bool {
 /// An authenticated XML stream whose elements are read as they are.
 type Stream = XmlStream<Box<dyn AsyncReadAndWrite + Send + 'static>, Element>;
 
-const NS_CLIENT: &str = "jabber:client";
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
-const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+/// The conditions of a stream error.
+const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 /// The id of our resource binding request.
 const BIND_ID: &str = "omemo-muc-bind";
 /// The ids of our pings after a silence start with this; their answers are ours, not the driver's.
@@ -144,13 +143,11 @@ async fn open<C: ServerConnector>(
     let (_, stream) = pending.recv_features::<Element>().await.map_err(|e| cannot_log_in(&e))?;
     let mut stream = stream.box_stream();
 
-    let mut bind = Element::builder("bind", NS_BIND);
-    if let Some(resource) = jid.resource() {
-        bind = bind.append(Element::builder("resource", NS_BIND).append(resource.as_str()));
-    }
-    let mut request = Element::builder("iq", NS_CLIENT).append(bind).build();
-    set_attr(&mut request, "type", "set");
-    set_attr(&mut request, "id", BIND_ID);
+    let resource = jid.resource().map(|r| format!("<resource>{}</resource>", escape(r.as_str()))).unwrap_or_default();
+    let request = parse_text(&format!(
+        "<iq xmlns='{NS_CLIENT}' type='set' id='{BIND_ID}'><bind xmlns='{NS_BIND}'>{resource}</bind></iq>"
+    ))
+    .map_err(|e| cannot_log_in(&e))?;
     stream.send(&request).await.map_err(|e| cannot_log_in(&e))?;
     loop {
         match stream.next().await {
@@ -242,7 +239,7 @@ async fn run(
                     if element.is("error", NS_STREAMS) {
                         let condition = element
                             .children()
-                            .find(|c| c.ns() == NS_STANZAS)
+                            .find(|c| c.ns() == NS_STREAM_ERRORS)
                             .map_or_else(|| "an error".to_owned(), |c| c.name().to_owned());
                         break (Some(format!("the server ended the stream: {condition}")), None);
                     }
@@ -256,11 +253,15 @@ async fn run(
                 // ends by itself if none comes within the response timeout).
                 Some(Err(ReadError::SoftTimeout)) => {
                     pings += 1;
-                    let mut ping = Element::builder("iq", NS_CLIENT).append(Element::builder("ping", "urn:xmpp:ping")).build();
-                    set_attr(&mut ping, "type", "get");
-                    set_attr(&mut ping, "id", &format!("{KEEPALIVE_ID}{pings}"));
-                    set_attr(&mut ping, "to", &domain);
-                    if let Err(why) = write(&mut stream, &ping, timeout).await {
+                    let ping = parse_text(&format!(
+                        "<iq xmlns='{NS_CLIENT}' type='get' id='{KEEPALIVE_ID}{pings}' to='{}'><ping xmlns='{NS_PING}'/></iq>",
+                        escape(&domain)
+                    ));
+                    let written = match ping {
+                        Ok(ping) => write(&mut stream, &ping, timeout).await,
+                        Err(e) => Err(format!("the keepalive ping: {e}")),
+                    };
+                    if let Err(why) = written {
                         break (Some(why), None);
                     }
                 }

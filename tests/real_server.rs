@@ -41,8 +41,8 @@ const TOOL_SECONDS: u64 = 120;
 /// of stopping the test run.
 const TEST_SECONDS: u64 = 360;
 
-/// Prints the warnings and errors of the libraries (tokio-xmpp discards a stanza it cannot parse, or
-/// restarts a stream, and says so only in its log) to stderr, where a failed run shows them.
+/// Prints the warnings and errors the libraries log (tokio-xmpp while it connects and logs in) to stderr,
+/// where a failed run shows them.
 struct Warnings;
 
 impl log::Log for Warnings {
@@ -125,20 +125,24 @@ fn support() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support")
 }
 
-impl Drop for Prosody {
-    fn drop(&mut self) {
+impl Prosody {
+    /// Stops the server (bounded); its output.
+    fn stop(&self) -> Result<std::process::Output, String> {
         let mut stop = match self.kind {
             Kind::Prosody => Command::new(realworld().join("stop-prosody.sh")),
-            Kind::Ejabberd => {
-                let mut c = Command::new(support().join("stop-ejabberd.sh"));
-                c.arg(&self.dir).arg(self.port.to_string());
-                c
-            }
+            Kind::Ejabberd => Command::new(support().join("stop-ejabberd.sh")),
         };
-        if self.kind == Kind::Prosody {
-            stop.arg(&self.dir);
+        stop.arg(&self.dir);
+        if self.kind == Kind::Ejabberd {
+            stop.arg(self.port.to_string());
         }
-        if let Err(e) = common::run_within(stop, SERVER_SECONDS, "stopping the server") {
+        common::run_within(stop, SERVER_SECONDS, "stopping the server")
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
             eprintln!("{e}");
         }
         if std::env::var_os("OMEMO_KEEP_PROSODY").is_none() {
@@ -280,9 +284,8 @@ async fn private_group(kind: Kind) {
 }
 
 /// Requests from others are answered. The connection ends, with the reason, when the server stops
-/// reading or goes away: a stanza that
-/// cannot be written fails within the connection's timeout instead of waiting for ever, and a server
-/// that ends the stream ends the connection at once (before, tokio-xmpp reconnected behind the
+/// reading or goes away: a stanza that cannot be written fails within the connection's timeout instead
+/// of waiting for ever, and a server that ends the stream ends the connection at once (before, tokio-xmpp reconnected behind the
 /// driver's back, on a stream where our room presences were forgotten, and held stanzas until then).
 // The guard only makes the other server tests wait on their own threads (each has its own runtime).
 #[allow(clippy::await_holding_lock)]
@@ -367,16 +370,7 @@ async fn stuck_or_stopped() {
     assert!(e.to_string().contains("closed"), "{e}");
 
     // The server stops: Bob's connection ends at once, saying so, and nothing is sent after it.
-    let stopped = common::run_within(
-        {
-            let mut c = Command::new(realworld().join("stop-prosody.sh"));
-            c.arg(&p.dir);
-            c
-        },
-        SERVER_SECONDS,
-        "stop-prosody.sh",
-    )
-    .unwrap();
+    let stopped = p.stop().unwrap();
     assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
     let why = connection_ends(&mut bob_rx, "bob").await;
     assert!(why.starts_with("the server") || why.starts_with("the connection failed"), "{why}");

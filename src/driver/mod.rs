@@ -34,7 +34,7 @@ use minidom::Element;
 use participant_resolver::{
     invitation::{DirectInvitation, Invitation},
     private_group::{CreateError, CreateGroup, CreatedGroup, Step},
-    xml::{bare, escape, muc_user, parse_text, NS_MAM, NS_MUC, NS_MUC_ADMIN},
+    xml::{bare, escape, muc_user, parse_text, NS_DISCO_INFO, NS_MAM, NS_MUC, NS_MUC_ADMIN, NS_PING},
     Affiliation, Policy, Room, RoomEvent,
 };
 use rand_chacha::{rand_core::SeedableRng, ChaCha20Rng};
@@ -1619,7 +1619,6 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
 /// The answer to a request someone sent us (RFC 6120 8.2.3: every get and set gets one): a ping is
 /// answered, a disco#info query gets our features, anything else `service-unavailable`.
 fn iq_answer(request: &Element, namespaces: NamespaceSet) -> Result<Element, DriverError> {
-    const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
     let head = |kind: &str| {
         format!(
             "<iq xmlns='jabber:client' type='{kind}' to='{}' id='{}'>",
@@ -1629,18 +1628,18 @@ fn iq_answer(request: &Element, namespaces: NamespaceSet) -> Result<Element, Dri
     };
     let query = request.children().next();
     let text = match query {
-        Some(q) if q.is("ping", "urn:xmpp:ping") && request.attr("type") == Some("get") => {
+        Some(q) if q.is("ping", NS_PING) && request.attr("type") == Some("get") => {
             format!("{}</iq>", head("result"))
         }
         Some(q) if q.is("query", NS_DISCO_INFO) && request.attr("type") == Some("get") && q.attr("node").is_none() => {
-            let mut features = vec![NS_DISCO_INFO, "urn:xmpp:ping", "jabber:x:conference", NS_MUC];
-            if namespaces.contains(Namespace::Oldmemo) {
-                features.push("eu.siacs.conversations.axolotl.devicelist+notify");
+            let mut features: Vec<String> =
+                [NS_DISCO_INFO, NS_PING, "jabber:x:conference", NS_MUC].iter().map(|f| (*f).to_owned()).collect();
+            for ns in [Namespace::Oldmemo, Namespace::Twomemo] {
+                if namespaces.contains(ns) {
+                    features.push(format!("{}+notify", pep::device_list_node(ns)));
+                }
             }
-            if namespaces.contains(Namespace::Twomemo) {
-                features.push("urn:xmpp:omemo:2:devices+notify");
-            }
-            let features: String = features.iter().map(|f| format!("<feature var='{f}'/>")).collect();
+            let features: String = features.iter().map(|f| format!("<feature var='{}'/>", escape(f))).collect();
             format!(
                 "{}<query xmlns='{NS_DISCO_INFO}'><identity category='client' type='pc' name='omemo-muc'/>{features}</query></iq>",
                 head("result")

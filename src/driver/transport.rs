@@ -34,9 +34,9 @@ pub trait Transport: Send + Sync + std::fmt::Debug + 'static {
     fn send(&self, stanza: Element) -> BoxFuture<'_, Result<(), TransportError>>;
     /// Closes the connection (the server sees us leave every room).
     fn close(&self) -> BoxFuture<'_, ()>;
-    /// Why the connection ended by itself, once it has (a write that never completed, a stream the
-    /// server restarted ...); `None` while it runs, after [`Transport::close`], or if the transport
-    /// cannot tell.
+    /// Why the connection ended by itself, once it has (the server closed the stream, a write that
+    /// never completed ...); `None` while it runs, after [`Transport::close`], or if the transport cannot
+    /// tell.
     fn end_reason(&self) -> Option<String> {
         None
     }

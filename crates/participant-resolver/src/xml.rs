@@ -22,6 +22,8 @@ pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
 pub const NS_SID: &str = "urn:xmpp:sid:0";
 /// The client namespace.
 pub const NS_CLIENT: &str = "jabber:client";
+/// XEP-0199 ping.
+pub const NS_PING: &str = "urn:xmpp:ping";
 
 /// The deepest element nesting [`parse_text`] accepts. Stanzas nest about ten levels deep (a MAM result
 /// around a message around an OMEMO header); the XML parser recurses, so unbounded depth from the
