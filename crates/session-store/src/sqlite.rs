@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// The migrations, in order. Index + 1 is the schema version each one produces.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_initial.sql"),
     include_str!("migrations/002_account_namespaces.sql"),
     include_str!("migrations/003_ledger.sql"),
@@ -25,25 +25,30 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/005_spent_tokens.sql"),
     include_str!("migrations/006_replies_due.sql"),
     include_str!("migrations/007_session_steps.sql"),
+    include_str!("migrations/008_session_ids.sql"),
 ];
 
 /// From this many items on, a batch read scans the table once instead of querying item by item.
 const SCAN_FROM: usize = 32;
 
-/// A stored record with its delta (if any) applied.
-/// Session steps written per statement (4 parameters each, far below SQLite's limit).
-const STEP_ROWS: usize = 64;
+/// Session steps written per statement (2 parameters each, far below SQLite's limit).
+const STEP_ROWS: usize = 128;
 
-/// The statement that writes `rows` session steps.
+/// The statement that writes `rows` session steps, by session id.
 fn step_insert(rows: usize) -> String {
-    let mut sql = String::from("INSERT OR REPLACE INTO omemo_session_step (namespace, jid, device_id, step) VALUES ");
+    let mut sql = String::from("INSERT OR REPLACE INTO omemo_session_step (session, step) VALUES ");
     for i in 0..rows {
-        sql.push_str(if i == 0 { "(?,?,?,?)" } else { ",(?,?,?,?)" });
+        sql.push_str(if i == 0 { "(?,?)" } else { ",(?,?)" });
     }
     sql
 }
 
-fn record_with_step(record: &[u8], step: Option<&[u8]>) -> Result<SessionRecord, StoreError> {
+/// The hash maps of the read cache: keyed by JIDs that others choose, so with random keys (as std's
+/// SipHash), but quicker to compute for the thousands of lookups of every group send.
+type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+
+/// A stored record with its delta (if any) applied.
+fn record_with_step(_id: i64, record: &[u8], step: Option<&[u8]>) -> Result<SessionRecord, StoreError> {
     let mut r = SessionRecord::from_bytes(record)?;
     if let Some(step) = step {
         r.apply_step(&SendStep::from_bytes(step)?)?;
@@ -68,14 +73,40 @@ pub struct SqliteStore<C: BorrowMut<Connection>> {
 struct ReadCache {
     /// `PRAGMA data_version` when the entries were read.
     data_version: Option<i64>,
-    /// `None`: no session (or none with a sending chain).
-    states: std::collections::HashMap<SessionAddress, Option<SendState>>,
+    /// Where `sessions` keeps each address's entry (a commit finds the entries of its steps once, then
+    /// reaches them by index after the transaction).
+    session_at: FastMap<SessionAddress, usize>,
+    /// `None`: no session (also an entry dropped since).
+    sessions: Vec<Option<KeptSession>>,
     /// Per namespace and JID: the active devices (`None`: no list seen).
-    devices: std::collections::HashMap<Namespace, std::collections::HashMap<String, Option<Vec<DeviceId>>>>,
+    devices: FastMap<Namespace, FastMap<String, Option<Vec<DeviceId>>>>,
     /// Per JID and identity key: the decision (`None`: none).
-    trust: std::collections::HashMap<String, std::collections::HashMap<[u8; 32], Option<TrustLevel>>>,
+    trust: FastMap<String, FastMap<[u8; 32], Option<TrustLevel>>>,
     /// Entries kept (all maps).
     entries: usize,
+}
+
+/// A stored session as the read cache keeps it.
+#[derive(Clone)]
+struct KeptSession {
+    /// Its id (`omemo_session.id`), which its steps are written under.
+    id: i64,
+    /// What sending needs of it (`None`: it has no sending chain).
+    state: Option<SendState>,
+}
+
+impl ReadCache {
+    /// The cache entry of `addr`, if it is kept.
+    fn session(&self, addr: &SessionAddress) -> Option<&Option<KeptSession>> {
+        self.session_at.get(addr).and_then(|&i| self.sessions.get(i))
+    }
+
+    /// Forgets `addr` (its record was written: read it again when asked).
+    fn forget_session(&mut self, addr: &SessionAddress) {
+        if let Some(slot) = self.session_at.remove(addr).and_then(|i| self.sessions.get_mut(i)) {
+            *slot = None;
+        }
+    }
 }
 
 /// Past this many entries the cache starts over (a few hundred bytes each at most).
@@ -167,7 +198,7 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
         self.conn
     }
 
-    fn c(&self) -> &Connection {
+    pub(crate) fn c(&self) -> &Connection {
         self.conn.borrow()
     }
 
@@ -184,13 +215,13 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
 }
 
 /// Answers `keys` from what `cache` keeps, with one lookup each; what is not kept is read in one batch
-/// (`read`), answered and kept (`keep`).
-fn kept_or_read<K: Clone, V: Clone + Default>(
+/// (`read`), kept and answered (`keep` gives the answer).
+fn kept_or_read<K: Clone, V: Default, R>(
     cache: &mut ReadCache,
     keys: &[K],
     kept: impl Fn(&ReadCache, &K) -> Option<V>,
-    read: impl FnOnce(&[K]) -> Result<Vec<V>, StoreError>,
-    keep: impl Fn(&mut ReadCache, K, V),
+    read: impl FnOnce(&[K]) -> Result<Vec<R>, StoreError>,
+    keep: impl Fn(&mut ReadCache, K, R) -> V,
 ) -> Result<Vec<V>, StoreError> {
     let mut out = Vec::with_capacity(keys.len());
     let mut at = Vec::new();
@@ -208,10 +239,10 @@ fn kept_or_read<K: Clone, V: Clone + Default>(
         let read = read(&wanted)?;
         cache.entries += wanted.len();
         for ((i, k), v) in at.into_iter().zip(wanted).zip(read) {
+            let v = keep(cache, k, v);
             if let Some(slot) = out.get_mut(i) {
-                slot.clone_from(&v);
+                *slot = v;
             }
-            keep(cache, k, v);
         }
     }
     Ok(out)
@@ -337,85 +368,51 @@ impl<C: BorrowMut<Connection>> SignedPreKeyStore for SqliteStore<C> {
 }
 
 impl<C: BorrowMut<Connection>> SqliteStore<C> {
-    /// Each address's stored record and step, decoded by `decode`, in the order asked: point queries for
-    /// a few, one pass over the table for many (only the rows asked for are decoded).
+    /// Each address's stored record and step, decoded by `decode` (with the session's id), in the order
+    /// asked: point queries for a few, one pass over the table for many (only the rows asked for are
+    /// decoded).
     fn session_rows<T: Clone>(
         &self,
         addrs: &[SessionAddress],
-        decode: impl Fn(&[u8], Option<&[u8]>) -> Result<T, StoreError>,
+        decode: impl Fn(i64, &[u8], Option<&[u8]>) -> Result<T, StoreError>,
     ) -> Result<Vec<Option<T>>, StoreError> {
+        let row_of = |row: &rusqlite::Row<'_>, first: usize| -> Result<T, StoreError> {
+            let id: i64 = row.get(first)?;
+            let record = row.get_ref(first + 1)?.as_blob().map_err(|_| StoreError::Corrupt("session record"))?;
+            let step = row.get_ref(first + 2)?.as_blob_or_null().map_err(|_| StoreError::Corrupt("session step"))?;
+            decode(id, record, step)
+        };
         if addrs.len() < SCAN_FROM {
             let mut stmt = self.c().prepare_cached(
-                "SELECT s.record, t.step FROM omemo_session s LEFT JOIN omemo_session_step t \
-                 USING (namespace, jid, device_id) WHERE s.namespace = ?1 AND s.jid = ?2 AND s.device_id = ?3",
+                "SELECT s.id, s.record, t.step FROM omemo_session s LEFT JOIN omemo_session_step t \
+                 ON t.session = s.id WHERE s.namespace = ?1 AND s.jid = ?2 AND s.device_id = ?3",
             )?;
             return addrs
                 .iter()
                 .map(|addr| {
                     let mut rows = stmt.query(params![addr.namespace.code(), addr.jid, addr.device])?;
-                    let Some(row) = rows.next()? else { return Ok(None) };
-                    let record = row.get_ref(0)?.as_blob().map_err(|_| StoreError::Corrupt("session record"))?;
-                    let step = row.get_ref(1)?.as_blob_or_null().map_err(|_| StoreError::Corrupt("session step"))?;
-                    decode(record, step).map(Some)
+                    rows.next()?.map(|row| row_of(row, 0)).transpose()
                 })
                 .collect();
         }
         // Where each address is first asked for; an address asked for again gets a copy at the end.
-        let mut first: std::collections::HashMap<(i64, &str, i64), usize> =
-            std::collections::HashMap::with_capacity(addrs.len());
+        let mut first: FastMap<(i64, &str, i64), usize> = FastMap::default();
+        first.reserve(addrs.len());
         for (i, a) in addrs.iter().enumerate() {
             first.entry((i64::from(a.namespace.code()), a.jid.as_str(), i64::from(a.device))).or_insert(i);
         }
         let mut out: Vec<Option<T>> = vec![None; addrs.len()];
-        // Both tables are kept in key order (WITHOUT ROWID, the same key): one pass over each, merged
-        // here, instead of a lookup in the step table per session.
-        let c = self.c();
-        let mut records = c.prepare_cached(
-            "SELECT namespace, jid, device_id, record FROM omemo_session ORDER BY namespace, jid, device_id",
+        // One pass over the sessions, each step found by its session's id.
+        let mut stmt = self.c().prepare_cached(
+            "SELECT s.namespace, s.jid, s.device_id, s.id, s.record, t.step FROM omemo_session s \
+             LEFT JOIN omemo_session_step t ON t.session = s.id",
         )?;
-        let mut steps = c.prepare_cached(
-            "SELECT namespace, jid, device_id, step FROM omemo_session_step ORDER BY namespace, jid, device_id",
-        )?;
-        let mut step_rows = steps.query([])?;
-        // The step row the merge stands at: its key and bytes (buffers reused from row to row).
-        let mut step_at: Option<(i64, String, i64)> = None;
-        // (A step holds a chain key: the buffer is wiped when dropped.)
-        let mut step_bytes: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(Vec::new());
-        let mut advance = |at: &mut Option<(i64, String, i64)>, bytes: &mut Vec<u8>| -> Result<(), StoreError> {
-            match step_rows.next()? {
-                None => *at = None,
-                Some(row) => {
-                    let jid = row.get_ref(1)?.as_str().map_err(|_| StoreError::Corrupt("session step jid"))?;
-                    let key = at.get_or_insert_with(|| (0, String::new(), 0));
-                    key.0 = row.get(0)?;
-                    key.1.clear();
-                    key.1.push_str(jid);
-                    key.2 = row.get(2)?;
-                    bytes.clear();
-                    bytes
-                        .extend_from_slice(row.get_ref(3)?.as_blob().map_err(|_| StoreError::Corrupt("session step"))?);
-                }
-            }
-            Ok(())
-        };
-        advance(&mut step_at, &mut step_bytes)?;
-        let mut rows = records.query([])?;
+        let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let (ns, device): (i64, i64) = (row.get(0)?, row.get(2)?);
             let jid = row.get_ref(1)?.as_str().map_err(|_| StoreError::Corrupt("session jid"))?;
-            let key = (ns, jid, device);
-            // Steps before this session have no session (never written so): passed over.
-            // (SQLite orders the JIDs as bytes, as `str` compares: the default BINARY collation.)
-            while step_at.as_ref().is_some_and(|(n, j, d)| (*n, j.as_str(), *d) < key) {
-                advance(&mut step_at, &mut step_bytes)?;
-            }
-            let Some(&at) = first.get(&key) else { continue };
-            let step = match &step_at {
-                Some((n, j, d)) if (*n, j.as_str(), *d) == key => Some(&step_bytes[..]),
-                _ => None,
-            };
-            let record = row.get_ref(3)?.as_blob().map_err(|_| StoreError::Corrupt("session record"))?;
-            let value = decode(record, step)?;
+            let (ns, device): (i64, i64) = (row.get(0)?, row.get(2)?);
+            let Some(&at) = first.get(&(ns, jid, device)) else { continue };
+            let value = row_of(row, 3)?;
             if let Some(slot) = out.get_mut(at) {
                 *slot = Some(value);
             }
@@ -449,12 +446,17 @@ impl<C: BorrowMut<Connection>> SessionStore for SqliteStore<C> {
         kept_or_read(
             &mut cache,
             addrs,
-            |c, a| c.states.get(a).cloned(),
+            |c, a| c.session(a).map(|kept| kept.as_ref().and_then(|k| k.state.clone())),
             |wanted| {
-                Ok(self.session_rows(wanted, SendState::from_record_bytes)?.into_iter().map(Option::flatten).collect())
+                self.session_rows(wanted, |id, record, step| {
+                    Ok(KeptSession { id, state: SendState::from_record_bytes(record, step)? })
+                })
             },
-            |c, a, state| {
-                c.states.insert(a, state);
+            |c, a, kept| {
+                let state = kept.as_ref().and_then(|k| k.state.clone());
+                c.session_at.insert(a, c.sessions.len());
+                c.sessions.push(kept);
+                state
             },
         )
     }
@@ -543,6 +545,7 @@ impl<C: BorrowMut<Connection>> IdentityStore for SqliteStore<C> {
             |wanted| self.read_trusts(wanted),
             |c, (j, k), level| {
                 c.trust.entry(j.to_owned()).or_default().insert(*k.as_bytes(), level);
+                level
             },
         )
     }
@@ -614,7 +617,8 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
             |c, j| c.devices.get(&ns).and_then(|of| of.get(*j)).cloned(),
             |wanted| self.read_device_lists(ns, wanted),
             |c, j, list| {
-                c.devices.entry(ns).or_default().insert(j.to_owned(), list);
+                c.devices.entry(ns).or_default().insert(j.to_owned(), list.clone());
+                list
             },
         )
     }
@@ -758,6 +762,17 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             replies_due,
             replies_done,
         } = changes;
+        // The id of each step's session, and where the cache keeps its send state, from the cache when it
+        // keeps the session (an id never changes: a record written again keeps it, and sessions are never
+        // deleted); a step of another session is written by its address, below.
+        let cache = self.cache.get_mut();
+        let step_at: Vec<Option<(i64, usize)>> = session_steps
+            .iter()
+            .map(|(addr, _)| {
+                let at = *cache.session_at.get(addr)?;
+                cache.sessions.get(at)?.as_ref().map(|kept| (kept.id, at))
+            })
+            .collect();
         let tx = self.conn.borrow_mut().transaction()?;
         if let Some(a) = account {
             tx.execute(
@@ -803,31 +818,44 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             for id in hidden_pre_keys {
                 stmt.execute([id])?;
             }
+            // A record written again keeps its id (an upsert, not a replace), and loses its step.
             let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO omemo_session (namespace, jid, device_id, record) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO omemo_session (namespace, jid, device_id, record) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (namespace, jid, device_id) DO UPDATE SET record = excluded.record",
             )?;
             let mut unstep = tx.prepare_cached(
-                "DELETE FROM omemo_session_step WHERE namespace = ?1 AND jid = ?2 AND device_id = ?3",
+                "DELETE FROM omemo_session_step WHERE session = \
+                 (SELECT id FROM omemo_session WHERE namespace = ?1 AND jid = ?2 AND device_id = ?3)",
             )?;
             for (addr, rec) in sessions {
                 stmt.execute(params![addr.namespace.code(), addr.jid, addr.device, rec.to_bytes()])?;
                 unstep.execute(params![addr.namespace.code(), addr.jid, addr.device])?;
             }
-            // Deltas, many rows per statement (a group send writes one per recipient device). A step
-            // counts only on top of a stored record (as in the memory store): reads start from the
-            // records, so a step without one is never read, and writing a record replaces its step.
-            for chunk in session_steps.chunks(STEP_ROWS) {
+            // Deltas (a group send writes one per recipient device), after the records: a step of a
+            // record written in this change set goes on top of it. A step counts only on top of a stored
+            // record (as in the memory store): a step of an address without one is not written.
+            // Steps of sessions the cache keeps, by id, many rows per statement.
+            let by_id: Vec<(i64, &SendStep)> =
+                step_at.iter().zip(session_steps).filter_map(|(at, (_, step))| Some((at.as_ref()?.0, step))).collect();
+            for chunk in by_id.chunks(STEP_ROWS) {
                 let mut stmt = tx.prepare_cached(&step_insert(chunk.len()))?;
                 let mut n = 0;
-                for (addr, step) in chunk {
+                for (id, step) in chunk {
                     let bytes = zeroize::Zeroizing::new(step.to_bytes());
-                    stmt.raw_bind_parameter(n + 1, addr.namespace.code())?;
-                    stmt.raw_bind_parameter(n + 2, &addr.jid)?;
-                    stmt.raw_bind_parameter(n + 3, addr.device)?;
-                    stmt.raw_bind_parameter(n + 4, &bytes[..])?;
-                    n += 4;
+                    stmt.raw_bind_parameter(n + 1, id)?;
+                    stmt.raw_bind_parameter(n + 2, &bytes[..])?;
+                    n += 2;
                 }
                 stmt.raw_execute()?;
+            }
+            // The others by address (their session, if any, found by the statement).
+            let mut by_addr = tx.prepare_cached(
+                "INSERT OR REPLACE INTO omemo_session_step (session, step) \
+                 SELECT id, ?4 FROM omemo_session WHERE namespace = ?1 AND jid = ?2 AND device_id = ?3",
+            )?;
+            for ((addr, step), _) in session_steps.iter().zip(&step_at).filter(|(_, at)| at.is_none()) {
+                let bytes = zeroize::Zeroizing::new(step.to_bytes());
+                by_addr.execute(params![addr.namespace.code(), addr.jid, addr.device, &bytes[..]])?;
             }
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO omemo_identity (jid, device_id, identity_key) VALUES (?1, ?2, ?3)",
@@ -893,7 +921,7 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
         // step moves the cached chain on, as reading the record with it would).
         let cache = self.cache.get_mut();
         for (addr, _) in sessions {
-            cache.states.remove(addr);
+            cache.forget_session(addr);
         }
         for (ns, jid, _) in device_lists {
             if let Some(of) = cache.devices.get_mut(ns) {
@@ -905,10 +933,12 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
                 of.insert(*key.as_bytes(), Some(*level));
             }
         }
-        for (addr, step) in session_steps {
-            if let Some(Some(state)) = cache.states.get_mut(addr) {
+        // (The entry of a record written in this change set was dropped above: its slot is empty.)
+        for ((addr, step), at) in session_steps.iter().zip(step_at) {
+            let Some(slot) = at.and_then(|(_, i)| cache.sessions.get_mut(i)) else { continue };
+            if let Some(KeptSession { state: Some(state), .. }) = slot {
                 if state.apply_step(step).is_err() {
-                    cache.states.remove(addr);
+                    cache.forget_session(addr);
                 }
             }
         }

@@ -723,7 +723,7 @@ mod sqlite_store {
         {
             let mut s = SqliteStore::open(&dir).unwrap();
             s.apply(&Account::create("a@b", NamespaceSet::BOTH, &[], 0, &mut ChaCha20Rng::seed_from_u64(1))).unwrap();
-            assert_eq!(s.schema_version().unwrap(), 7);
+            assert_eq!(s.schema_version().unwrap(), 8);
         }
         let s = SqliteStore::open(&dir).unwrap();
         assert_eq!(s.account().unwrap().unwrap().jid, "a@b");
@@ -833,9 +833,81 @@ mod sqlite_store {
             })
             .collect();
         for t in threads {
-            assert_eq!(t.join().unwrap().unwrap().unwrap(), 7);
+            assert_eq!(t.join().unwrap().unwrap().unwrap(), 8);
         }
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// A schema-7 database (steps keyed by address) migrates to schema 8 (steps keyed by session id):
+    /// every session keeps its record and its step, a step without a session is dropped, and steps are
+    /// written and read by id afterwards.
+    #[test]
+    fn schema_7_steps_migrate_to_session_ids() {
+        let mut p = pair(42);
+        p.start();
+        let k = p.a_to_b(b"hello");
+        p.b_reads(&k.data).unwrap();
+        let k = p.b_to_a(b"answer");
+        p.a_reads(&k.data).unwrap();
+        let to_b = Pair::<SqliteStore<rusqlite::Connection>>::addr_in(&p.b, p.ns);
+        let our = p.a.account().unwrap().unwrap().local_identity();
+        let mut rec = p.a.session(&to_b).unwrap().unwrap();
+        if rec.ratchet_due() {
+            rec.complete_ratchet().unwrap();
+        }
+        let stored = rec.clone();
+        rec.encrypt(&our, &[1; 32]).unwrap();
+        let step = rec.send_step().unwrap().to_bytes();
+        let other = SessionAddress::new(p.ns, "other@example.org", 3);
+        let ghost = SessionAddress::new(p.ns, "ghost@example.org", 9);
+
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE omemo_schema (version INTEGER NOT NULL)").unwrap();
+        for sql in &crate::sqlite::MIGRATIONS[..7] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute("INSERT INTO omemo_schema (version) VALUES (7)", []).unwrap();
+        let ns = p.ns.code();
+        for addr in [&to_b, &other] {
+            conn.execute(
+                "INSERT INTO omemo_session (namespace, jid, device_id, record) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![ns, addr.jid, addr.device, stored.to_bytes()],
+            )
+            .unwrap();
+        }
+        for addr in [&to_b, &ghost] {
+            conn.execute(
+                "INSERT INTO omemo_session_step (namespace, jid, device_id, step) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![ns, addr.jid, addr.device, step],
+            )
+            .unwrap();
+        }
+
+        let mut s = SqliteStore::new(conn).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 8);
+        assert_eq!(s.session(&to_b).unwrap().unwrap().to_bytes(), rec.to_bytes(), "record with its step");
+        assert_eq!(s.session(&other).unwrap().unwrap().to_bytes(), stored.to_bytes(), "record without a step");
+        assert!(s.session(&ghost).unwrap().is_none());
+        let steps: i64 = s.c().query_row("SELECT count(*) FROM omemo_session_step", [], |r| r.get(0)).unwrap();
+        assert_eq!(steps, 1, "the step without a session is gone");
+        // Batch reads (a scan) agree; the next step is written by id and read back.
+        let many: Vec<SessionAddress> = (0..40).map(|i| [&to_b, &other, &ghost][i % 3].clone()).collect();
+        send_states_agree(&s, &many);
+        rec.encrypt(&our, &[2; 32]).unwrap();
+        s.apply(&Changes { session_steps: vec![(to_b.clone(), rec.send_step().unwrap())], ..Changes::default() })
+            .unwrap();
+        assert_eq!(s.session(&to_b).unwrap().unwrap().to_bytes(), rec.to_bytes());
+        send_states_agree(&s, &many);
+        // A record written again keeps its id and loses its step.
+        let ids = |s: &SqliteStore<rusqlite::Connection>| -> Vec<i64> {
+            let mut stmt = s.c().prepare("SELECT id FROM omemo_session ORDER BY id").unwrap();
+            stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        let before = ids(&s);
+        s.apply(&Changes { sessions: vec![(to_b.clone(), stored.clone())], ..Changes::default() }).unwrap();
+        assert_eq!(ids(&s), before);
+        assert_eq!(s.session(&to_b).unwrap().unwrap().to_bytes(), stored.to_bytes());
+        send_states_agree(&s, &many);
     }
 
     /// A database written by schema version 1 (the first release) opens, migrates and keeps its data.
@@ -845,7 +917,7 @@ mod sqlite_store {
         let path = std::env::temp_dir().join(format!("omemo-store-v1-{}.sqlite3", std::process::id()));
         std::fs::copy(fixture, &path).unwrap();
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 7);
+        assert_eq!(s.schema_version().unwrap(), 8);
         let acc = s.account().unwrap().unwrap();
         assert_eq!(acc.jid, "bob@example.org");
         assert_eq!(acc.namespaces, NamespaceSet::OLDMEMO, "schema-1 devices spoke OMEMO 0.3 only");
