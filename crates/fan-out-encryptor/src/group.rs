@@ -163,9 +163,12 @@ impl GroupMessage {
 }
 
 /// The result of the per-device step: the `<key>` element (and whether it is a key exchange) and the
-/// session's advanced sending chain, or why not; and, for a session built in this send, its index in the
+/// session's advanced sending chain, or why not.
+type WrapResult = Result<(String, bool, session_store::SendStep), SessionError>;
+
+/// A device's wrap result, with its address and, for a session built in this send, its index in the
 /// change set's sessions.
-type Wrapped = (SessionAddress, Result<(String, bool, session_store::SendStep), SessionError>, Option<usize>);
+type Wrapped = (SessionAddress, WrapResult, Option<usize>);
 
 /// Step 1: the recipients, their devices, and what to fetch before encrypting.
 pub fn plan_group_message(store: &impl Store, room: &Room, choice: NamespaceChoice) -> Result<GroupPlan, GroupError> {
@@ -332,29 +335,97 @@ pub fn encrypt_group_message(
         }
         candidates.push((addr, state, fresh));
     }
-    // Trust: what the change set decides (the last word per key wins), else the store's, read at once.
+    // The payload, once per namespace among the candidates (dropped below when trust leaves a namespace
+    // without devices).
+    let uses = |ns| candidates.iter().any(|(a, _, _)| a.namespace == ns);
+    let mut old = uses(Namespace::Oldmemo).then(|| payload::encrypt(body.as_bytes(), rng));
+    let mut new = uses(Namespace::Twomemo).then(|| {
+        let content = vec![Element::builder("body", "jabber:client").append(body).build()];
+        let env: Element = sce::build(content, &account.jid, Some(room.jid()), None, rng).into();
+        payload::encrypt_v2(String::from(&env).as_bytes(), rng)
+    });
+
+    // The per-device step runs on every core while this thread checks trust (the store is read from
+    // this thread only): on owned copies of what sending needs of each session, the wrapped key as its
+    // `<key>` element and the advanced sending chain (a delta of the stored record). A device that
+    // trust then leaves out was wrapped for nothing: its key and its step are dropped.
+    let mut addrs: Vec<SessionAddress> = Vec::with_capacity(candidates.len());
+    let mut states: Vec<SendState> = Vec::with_capacity(candidates.len());
+    let mut built_at: Vec<Option<usize>> = Vec::with_capacity(candidates.len());
+    for (addr, state, fresh) in candidates {
+        addrs.push(addr);
+        states.push(state);
+        built_at.push(fresh);
+    }
+    let identities: Vec<session_store::PublicKey> = states.iter().map(SendState::remote_identity).collect();
+    let our = account.local_identity();
+    let wrap_all = {
+        let (addrs, old, new, our) = (&addrs, &old, &new, &our);
+        move || -> Vec<WrapResult> {
+            states
+                .into_par_iter()
+                .zip(addrs.par_iter())
+                .map(|(mut state, addr)| {
+                    let secret: &[u8] = match addr.namespace {
+                        Namespace::Oldmemo => old.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
+                        _ => new.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
+                    };
+                    state.encrypt(our, secret).map(|(data, kex)| {
+                        // A `<key>` is about 1.4 times its data (base64) plus its attributes.
+                        let mut key = String::with_capacity(data.len() * 4 / 3 + 48);
+                        match addr.namespace {
+                            Namespace::Oldmemo => crate::xml::v0_3::write_key(&mut key, addr.device, kex, &data),
+                            _ => crate::xml::v2::write_key(&mut key, addr.device, kex.then_some(true), &data),
+                        }
+                        (key, kex, state.step())
+                    })
+                })
+                .collect()
+        }
+    };
+    let read_trust = || {
+        let keys: Vec<(&str, session_store::PublicKey)> =
+            addrs.iter().zip(&identities).map(|(a, k)| (a.jid.as_str(), *k)).collect();
+        store.trusts(&keys)
+    };
+    let (wrapped, stored_trust) = if rayon::current_thread_index().is_some() {
+        // Called from a thread of the pool: waiting here for a helper thread could hold the only worker
+        // the wrap needs. One after the other then.
+        (Ok(wrap_all()), read_trust())
+    } else {
+        std::thread::scope(|scope| {
+            let wrapping = scope.spawn(wrap_all);
+            let stored_trust = read_trust();
+            // A panic in the wrap (none is expected) is reported, not carried into the caller.
+            (wrapping.join().map_err(|_| SessionError::Internal("the key wrapping panicked")), stored_trust)
+        })
+    };
+    let wrapped = wrapped.map_err(EncryptError::Session)?;
+    let stored_trust = stored_trust?;
+
+    // Trust: what the change set decides (the last word per key wins), else the store's.
     let trust_now: std::collections::HashMap<(&str, [u8; 32]), TrustLevel> =
         changes.trust.iter().map(|(j, k, t)| ((j.as_str(), *k.as_bytes()), *t)).collect();
-    let keys: Vec<(&str, session_store::PublicKey)> =
-        candidates.iter().map(|(a, s, _)| (a.jid.as_str(), s.remote_identity())).collect();
-    let stored_trust = store.trusts(&keys)?;
-    let mut work: Vec<(SessionAddress, SendState, Option<usize>)> = Vec::with_capacity(candidates.len());
-    for ((addr, state, fresh), stored) in candidates.into_iter().zip(stored_trust) {
+    // (address, wrapped key or why not, index in `changes.sessions` of a session built in this send)
+    let mut work: Vec<Wrapped> = Vec::with_capacity(addrs.len());
+    for (((addr, out), fresh), (stored, identity)) in
+        addrs.into_iter().zip(wrapped).zip(built_at).zip(stored_trust.into_iter().zip(identities))
+    {
         // (Most sends decide no trust: no lookup per device then.)
         let decided = match trust_now.is_empty() {
             true => None,
-            false => trust_now.get(&(addr.jid.as_str(), *state.remote_identity().as_bytes())).copied(),
+            false => trust_now.get(&(addr.jid.as_str(), *identity.as_bytes())).copied(),
         };
-        let trust = decided.or(stored);
-        match trust.unwrap_or(TrustLevel::Undecided) {
+        match decided.or(stored).unwrap_or(TrustLevel::Undecided) {
             TrustLevel::Distrusted => coverage.devices_left_out.push((addr, Left::Distrusted)),
             t if !t.may_encrypt() => coverage.devices_left_out.push((addr, Left::Undecided)),
-            _ => work.push((addr, state, fresh)),
+            _ => work.push((addr, out, fresh)),
         }
     }
 
     // Members with no device left to reach (a set: members times devices would be quadratic).
-    let reached: std::collections::HashSet<&str> = work.iter().map(|(a, _, _)| a.jid.as_str()).collect();
+    let reached: std::collections::HashSet<&str, ahash::RandomState> =
+        work.iter().map(|(a, _, _)| a.jid.as_str()).collect();
     let mut unreachable: Vec<String> =
         recipients.included.iter().filter(|j| **j != account.jid && !reached.contains(j.as_str())).cloned().collect();
     unreachable.sort();
@@ -369,43 +440,18 @@ pub fn encrypt_group_message(
     if work.is_empty() {
         return Err(EncryptError::NoDevices.into());
     }
-
-    // The payload, once per namespace in use.
-    let uses = |ns| work.iter().any(|(a, _, _)| a.namespace == ns);
-    let old = uses(Namespace::Oldmemo).then(|| payload::encrypt(body.as_bytes(), rng));
-    let new = uses(Namespace::Twomemo).then(|| {
-        let content = vec![Element::builder("body", "jabber:client").append(body).build()];
-        let env: Element = sce::build(content, &account.jid, Some(room.jid()), None, rng).into();
-        payload::encrypt_v2(String::from(&env).as_bytes(), rng)
-    });
-
-    // The per-device step, in parallel, on owned copies of what sending needs of each session: the
-    // wrapped key as its `<key>` element, and the advanced sending chain (a delta of the stored record).
-    let our = account.local_identity();
-    let wrapped: Vec<Wrapped> = work
-        .into_par_iter()
-        .map(|(addr, mut state, fresh)| {
-            let secret: &[u8] = match addr.namespace {
-                Namespace::Oldmemo => old.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
-                _ => new.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
-            };
-            let out = state.encrypt(&our, secret).map(|(data, kex)| {
-                // A `<key>` is about 1.4 times its data (base64) plus its attributes.
-                let mut key = String::with_capacity(data.len() * 4 / 3 + 48);
-                match addr.namespace {
-                    Namespace::Oldmemo => crate::xml::v0_3::write_key(&mut key, addr.device, kex, &data),
-                    _ => crate::xml::v2::write_key(&mut key, addr.device, kex.then_some(true), &data),
-                }
-                (key, kex, state.step())
-            });
-            (addr, out, fresh)
-        })
-        .collect();
+    // A payload only for a namespace that still has devices.
+    if !work.iter().any(|(a, _, _)| a.namespace == Namespace::Oldmemo) {
+        old = None;
+    }
+    if !work.iter().any(|(a, _, _)| a.namespace == Namespace::Twomemo) {
+        new = None;
+    }
 
     // The `<key>` texts, in the order of `coverage.keyed`.
-    let mut keys: Vec<String> = Vec::with_capacity(wrapped.len());
+    let mut keys: Vec<String> = Vec::with_capacity(work.len());
     // A session built in this send is stored whole, with its step applied; a stored one as the step.
-    for (addr, out, fresh) in wrapped {
+    for (addr, out, fresh) in work {
         match out {
             Ok((key, kex, step)) => {
                 match fresh.map(|i| changes.sessions.get_mut(i).map(|(_, r)| r.apply_step(&step))) {
