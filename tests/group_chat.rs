@@ -231,6 +231,72 @@ fn bad_bundle_excludes_only_that_device_and_budget_is_enforced() {
     }
 }
 
+/// Trust decides who gets a key: a distrusted or undecided identity gets none, its session does not
+/// move, and a namespace left without devices gets no payload in the stanza.
+#[test]
+fn distrusted_and_undecided_devices_get_no_key() {
+    use session_store::{AccountStore, Changes, IdentityStore, SessionAddress, SessionStore, Store, TrustLevel};
+    let mut w = mixed("trust");
+    let m = w.send(0, "before any decision");
+    for to in 1..5 {
+        assert_eq!(w.plaintext(to, m), "before any decision");
+    }
+    // Device 0's sessions with: 1 alice-laptop (0.3), 2 bob (2), 3 carol (0.3), 4 dave (OMEMO 2 first).
+    let addr = |w: &W, i: usize, ns: Namespace| {
+        let d = &w.devices[i];
+        SessionAddress::new(ns, d.jid.clone(), d.store.account().unwrap().unwrap().device_id)
+    };
+    let (laptop, bob, carol, dave) = (
+        addr(&w, 1, Namespace::Oldmemo),
+        addr(&w, 2, Namespace::Twomemo),
+        addr(&w, 3, Namespace::Oldmemo),
+        addr(&w, 4, Namespace::Twomemo),
+    );
+    let store = &w.devices[0].store;
+    let key = |a: &SessionAddress| store.identity(&a.jid, a.device).unwrap().unwrap();
+    let decisions = Changes {
+        trust: vec![
+            (carol.jid.clone(), key(&carol), TrustLevel::Distrusted),
+            (bob.jid.clone(), key(&bob), TrustLevel::Undecided),
+            (laptop.jid.clone(), key(&laptop), TrustLevel::Undecided),
+        ],
+        ..Changes::default()
+    };
+    w.devices[0].store.apply(&decisions).unwrap();
+    let sessions = |w: &W| -> Vec<Vec<u8>> {
+        [&laptop, &bob, &carol, &dave]
+            .iter()
+            .map(|a| w.devices[0].store.session(a).unwrap().unwrap().to_bytes())
+            .collect()
+    };
+    let before = sessions(&w);
+
+    // Block: bob and carol have no device left (alice's own laptop does not count).
+    let d = &w.devices[0];
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    match encrypt_group_message(&d.store, &d.room, "x", &[], &GroupOptions::default(), 1, &mut rng) {
+        Err(GroupError::MembersWithoutDevices(m)) => assert_eq!(m, vec![bob.jid.clone(), carol.jid.clone()]),
+        other => panic!("{other:?}"),
+    }
+    let opts = GroupOptions { missing: MissingDevicePolicy::BestEffort, ..GroupOptions::default() };
+    let msg = encrypt_group_message(&d.store, &d.room, "only dave", &[], &opts, 2, &mut rng).unwrap();
+    let keyed: Vec<&SessionAddress> = msg.coverage.keyed.iter().map(|(a, _)| a).collect();
+    assert_eq!(keyed, vec![&dave]);
+    for (a, why) in [(&carol, Left::Distrusted), (&bob, Left::Undecided), (&laptop, Left::Undecided)] {
+        assert!(msg.coverage.devices_left_out.contains(&(a.clone(), why.clone())), "{a:?}: {:?}", msg.coverage);
+    }
+    // No OMEMO 0.3 device is left: no OMEMO 0.3 payload either.
+    assert!(msg.stanza.as_str().contains("urn:xmpp:omemo:2"));
+    assert!(!msg.stanza.as_str().contains("eu.siacs.conversations.axolotl"), "{}", msg.stanza.as_str());
+    let (stanza, _) = msg.commit(&mut w.devices[0].store).unwrap();
+    let after = sessions(&w);
+    assert_eq!(after[..3], before[..3], "the sessions of the devices left out did not move");
+    assert_ne!(after[3], before[3]);
+    let m = w.post(0, "only dave", &stanza.to_element().unwrap()).unwrap();
+    assert_eq!(w.plaintext(4, m), "only dave");
+    assert!(matches!(w.receive(3, m), Inbound::Undecryptable { cause: Cause::NotForThisDevice, .. }));
+}
+
 #[test]
 fn restart_from_sqlite_and_catch_up_from_the_archive() {
     let mut w = mixed("catch-up");

@@ -335,11 +335,11 @@ pub fn encrypt_group_message(
         }
         candidates.push((addr, state, fresh));
     }
-    // The payload, once per namespace among the candidates (dropped below when trust leaves a namespace
-    // without devices).
+    // The payload, once per namespace among the candidates (the stanza leaves out a namespace that trust
+    // leaves without devices).
     let uses = |ns| candidates.iter().any(|(a, _, _)| a.namespace == ns);
-    let mut old = uses(Namespace::Oldmemo).then(|| payload::encrypt(body.as_bytes(), rng));
-    let mut new = uses(Namespace::Twomemo).then(|| {
+    let old = uses(Namespace::Oldmemo).then(|| payload::encrypt(body.as_bytes(), rng));
+    let new = uses(Namespace::Twomemo).then(|| {
         let content = vec![Element::builder("body", "jabber:client").append(body).build()];
         let env: Element = sce::build(content, &account.jid, Some(room.jid()), None, rng).into();
         payload::encrypt_v2(String::from(&env).as_bytes(), rng)
@@ -439,13 +439,6 @@ pub fn encrypt_group_message(
     }
     if work.is_empty() {
         return Err(EncryptError::NoDevices.into());
-    }
-    // A payload only for a namespace that still has devices.
-    if !work.iter().any(|(a, _, _)| a.namespace == Namespace::Oldmemo) {
-        old = None;
-    }
-    if !work.iter().any(|(a, _, _)| a.namespace == Namespace::Twomemo) {
-        new = None;
     }
 
     // The `<key>` texts, in the order of `coverage.keyed`.
