@@ -166,10 +166,6 @@ impl GroupMessage {
 /// session's advanced sending chain, or why not.
 type WrapResult = Result<(String, bool, session_store::SendStep), SessionError>;
 
-/// A device's wrap result, with its address and, for a session built in this send, its index in the
-/// change set's sessions.
-type Wrapped = (SessionAddress, WrapResult, Option<usize>);
-
 /// Step 1: the recipients, their devices, and what to fetch before encrypting.
 pub fn plan_group_message(store: &impl Store, room: &Room, choice: NamespaceChoice) -> Result<GroupPlan, GroupError> {
     Ok(load_plan(store, room, choice)?.0)
@@ -403,11 +399,13 @@ pub fn encrypt_group_message(
     let wrapped = wrapped.map_err(EncryptError::Session)?;
     let stored_trust = stored_trust?;
 
-    // Trust: what the change set decides (the last word per key wins), else the store's.
+    // Trust: what the change set decides (the last word per key wins), else the store's. A trusted
+    // device's key goes into the stanza and its step into the change set: a session built in this send
+    // is stored whole, with its step applied; a stored one as the step.
     let trust_now: std::collections::HashMap<(&str, [u8; 32]), TrustLevel> =
         changes.trust.iter().map(|(j, k, t)| ((j.as_str(), *k.as_bytes()), *t)).collect();
-    // (address, wrapped key or why not, index in `changes.sessions` of a session built in this send)
-    let mut work: Vec<Wrapped> = Vec::with_capacity(addrs.len());
+    // The `<key>` texts, in the order of `coverage.keyed`.
+    let mut keys: Vec<String> = Vec::with_capacity(addrs.len());
     for (((addr, out), fresh), (stored, identity)) in
         addrs.into_iter().zip(wrapped).zip(built_at).zip(stored_trust.into_iter().zip(identities))
     {
@@ -419,13 +417,27 @@ pub fn encrypt_group_message(
         match decided.or(stored).unwrap_or(TrustLevel::Undecided) {
             TrustLevel::Distrusted => coverage.devices_left_out.push((addr, Left::Distrusted)),
             t if !t.may_encrypt() => coverage.devices_left_out.push((addr, Left::Undecided)),
-            _ => work.push((addr, out, fresh)),
+            _ => match out {
+                Ok((key, kex, step)) => {
+                    match fresh.map(|i| changes.sessions.get_mut(i).map(|(_, r)| r.apply_step(&step))) {
+                        None => changes.session_steps.push((addr.clone(), step)),
+                        Some(Some(applied)) => applied?,
+                        Some(None) => {
+                            let lost = SessionError::Internal("session built in this send is not in the change set");
+                            return Err(EncryptError::Session(lost).into());
+                        }
+                    }
+                    keys.push(key);
+                    coverage.keyed.push((addr, kex));
+                }
+                Err(e) => coverage.devices_left_out.push((addr, Left::SessionFailed(e.to_string()))),
+            },
         }
     }
 
-    // Members with no device left to reach (a set: members times devices would be quadratic).
+    // Members with no device that got a key (a set: members times devices would be quadratic).
     let reached: std::collections::HashSet<&str, ahash::RandomState> =
-        work.iter().map(|(a, _, _)| a.jid.as_str()).collect();
+        coverage.keyed.iter().map(|(a, _)| a.jid.as_str()).collect();
     let mut unreachable: Vec<String> =
         recipients.included.iter().filter(|j| **j != account.jid && !reached.contains(j.as_str())).cloned().collect();
     unreachable.sort();
@@ -437,29 +449,8 @@ pub fn encrypt_group_message(
             coverage.members_left_out.push((jid, Left::NoDeviceList));
         }
     }
-    if work.is_empty() {
+    if coverage.keyed.is_empty() {
         return Err(EncryptError::NoDevices.into());
-    }
-
-    // The `<key>` texts, in the order of `coverage.keyed`.
-    let mut keys: Vec<String> = Vec::with_capacity(work.len());
-    // A session built in this send is stored whole, with its step applied; a stored one as the step.
-    for (addr, out, fresh) in work {
-        match out {
-            Ok((key, kex, step)) => {
-                match fresh.map(|i| changes.sessions.get_mut(i).map(|(_, r)| r.apply_step(&step))) {
-                    None => changes.session_steps.push((addr.clone(), step)),
-                    Some(Some(applied)) => applied?,
-                    Some(None) => {
-                        let lost = SessionError::Internal("session built in this send is not in the change set");
-                        return Err(EncryptError::Session(lost).into());
-                    }
-                }
-                keys.push(key);
-                coverage.keyed.push((addr, kex));
-            }
-            Err(e) => coverage.devices_left_out.push((addr, Left::SessionFailed(e.to_string()))),
-        }
     }
 
     let id = stanza::new_message_id(rng);

@@ -31,6 +31,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 /// From this many items on, a batch read scans the table once instead of querying item by item.
 const SCAN_FROM: usize = 32;
 
+/// Prepared statements the connection keeps (see [`SqliteStore::new`]).
+const STATEMENTS_KEPT: usize = 64;
+
 /// Session steps written per statement (2 parameters each, far below SQLite's limit).
 const STEP_ROWS: usize = 128;
 
@@ -155,6 +158,9 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
     /// transaction).
     pub fn new(mut conn: C) -> Result<Self, StoreError> {
         let c = conn.borrow_mut();
+        // A change set runs about 25 distinct statements, and rusqlite keeps 16 prepared (least recently
+        // used first out): every commit prepared each of them again.
+        c.set_prepared_statement_cache_capacity(STATEMENTS_KEPT);
         c.execute_batch("CREATE TABLE IF NOT EXISTS omemo_schema (version INTEGER NOT NULL)")?;
         // Each migration in its own write transaction, taken before the version is read: two processes
         // opening the same new file do not both run it.
@@ -837,11 +843,13 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             // Steps of sessions the cache keeps, by id, many rows per statement.
             let by_id: Vec<(i64, &SendStep)> =
                 step_at.iter().zip(session_steps).filter_map(|(at, (_, step))| Some((at.as_ref()?.0, step))).collect();
+            // (SQLite copies what is bound: one buffer serves every step, and is wiped when dropped.)
+            let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(SendStep::ENCODED_LEN));
             for chunk in by_id.chunks(STEP_ROWS) {
                 let mut stmt = tx.prepare_cached(&step_insert(chunk.len()))?;
                 let mut n = 0;
                 for (id, step) in chunk {
-                    let bytes = zeroize::Zeroizing::new(step.to_bytes());
+                    step.write_to(&mut bytes);
                     stmt.raw_bind_parameter(n + 1, id)?;
                     stmt.raw_bind_parameter(n + 2, &bytes[..])?;
                     n += 2;
@@ -854,7 +862,7 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
                  SELECT id, ?4 FROM omemo_session WHERE namespace = ?1 AND jid = ?2 AND device_id = ?3",
             )?;
             for ((addr, step), _) in session_steps.iter().zip(&step_at).filter(|(_, at)| at.is_none()) {
-                let bytes = zeroize::Zeroizing::new(step.to_bytes());
+                step.write_to(&mut bytes);
                 by_addr.execute(params![addr.namespace.code(), addr.jid, addr.device, &bytes[..]])?;
             }
             let mut stmt = tx.prepare_cached(
