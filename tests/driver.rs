@@ -347,3 +347,36 @@ async fn fetches_are_shared_time_out_and_back_off() {
     let why = silent.invited[0].1.as_ref().unwrap_err();
     assert!(why.contains("device list of carol@localhost: no answer"), "{why}");
 }
+
+/// An IQ whose caller-chosen id is already waiting for its answer is refused (the two answers could
+/// not be told apart); once the first is answered, the id is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iq_id_already_waiting_is_refused() {
+    use omemo_muc::driver::DriverError;
+    let server = LocalServer::new(MUC);
+    let (alice, _arx, _) = OmemoMuc::start(
+        server.connect("alice@localhost/a").unwrap(),
+        MemoryStore::default(),
+        config(NamespaceSet::BOTH),
+    )
+    .await
+    .unwrap();
+    let iq = || -> minidom::Element {
+        "<iq xmlns='jabber:client' type='get' to='bob@localhost' id='mine'>\
+         <query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+            .parse()
+            .unwrap()
+    };
+    // Bob's answers are held: the first IQ waits while the second is asked (join! polls in order, so
+    // the first has put its id in place before the second starts).
+    server.hold("bob@localhost");
+    let (first, second) = tokio::join!(alice.iq(iq()), async {
+        let second = alice.iq(iq()).await;
+        assert_eq!(server.release("bob@localhost"), 1, "only the first went out");
+        second
+    });
+    assert!(matches!(second, Err(DriverError::IdInUse(ref id)) if id == "mine"), "{second:?}");
+    assert_eq!(first.unwrap().attr("id"), Some("mine"));
+    // Answered: the id is free again.
+    assert_eq!(alice.iq(iq()).await.unwrap().attr("id"), Some("mine"));
+}

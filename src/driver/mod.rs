@@ -259,6 +259,10 @@ pub enum DriverError {
     /// The driver stopped.
     #[error("the driver stopped")]
     Stopped,
+    /// An IQ with this caller-chosen id is already waiting for its answer (two answers could not be told
+    /// apart).
+    #[error("an IQ with id {0} is already waiting for its answer")]
+    IdInUse(String),
     /// No device of the invitee could get the invitation (nothing was sent).
     #[error("no device of {invitee} can get the invitation: {why}")]
     Unreachable {
@@ -352,29 +356,66 @@ type FetchWaiter = oneshot::Sender<Result<Element, String>>;
 
 /// An entry a caller put in a map of waiters (an IQ waiting for its answer, a fetch others wait for):
 /// removed when the claim is dropped unless [`Claim::take`]n first, so that a caller whose future is
-/// dropped mid-way leaves nothing behind.
-struct Claim<'a, V> {
+/// dropped mid-way leaves nothing behind. Only the caller's own entry is removed: an IQ's entry is taken
+/// by the router when the answer comes, and another caller may put a new one under the same id before
+/// this claim is dropped.
+struct Claim<'a, V: Owned> {
     map: &'a Mutex<HashMap<String, V>>,
     key: &'a str,
+    token: u64,
     taken: bool,
 }
 
-impl<'a, V> Claim<'a, V> {
-    fn new(map: &'a Mutex<HashMap<String, V>>, key: &'a str) -> Self {
-        Self { map, key, taken: false }
-    }
+/// An entry of a map of waiters, and whose it is.
+trait Owned {
+    /// Was this entry put there under `token`?
+    fn owned_by(&self, token: u64) -> bool;
+}
 
-    /// The entry, removed.
-    fn take(mut self) -> Option<V> {
-        self.taken = true;
-        lock(self.map).remove(self.key)
+/// Only the fetching caller removes a fetch's entry (others add their waiters to it): always its own.
+impl Owned for Vec<FetchWaiter> {
+    fn owned_by(&self, _token: u64) -> bool {
+        true
     }
 }
 
-impl<V> Drop for Claim<'_, V> {
+/// An IQ waiting for its answer.
+struct PendingIq {
+    /// The claim's token.
+    token: u64,
+    answer: oneshot::Sender<Element>,
+}
+
+impl Owned for PendingIq {
+    fn owned_by(&self, token: u64) -> bool {
+        self.token == token
+    }
+}
+
+impl<'a, V: Owned> Claim<'a, V> {
+    fn new(map: &'a Mutex<HashMap<String, V>>, key: &'a str, token: u64) -> Self {
+        Self { map, key, token, taken: false }
+    }
+
+    /// The entry, removed (if it is still this claim's).
+    fn take(mut self) -> Option<V> {
+        self.taken = true;
+        self.remove()
+    }
+
+    fn remove(&self) -> Option<V> {
+        let mut map = lock(self.map);
+        match map.get(self.key) {
+            Some(entry) if entry.owned_by(self.token) => map.remove(self.key),
+            _ => None,
+        }
+    }
+}
+
+impl<V: Owned> Drop for Claim<'_, V> {
     fn drop(&mut self) {
         if !self.taken {
-            lock(self.map).remove(self.key);
+            self.remove();
         }
     }
 }
@@ -384,7 +425,7 @@ struct Inner<S> {
     jid: String,
     config: Config,
     state: Arc<Mutex<State<S>>>,
-    pending: Mutex<HashMap<String, oneshot::Sender<Element>>>,
+    pending: Mutex<HashMap<String, PendingIq>>,
     taps: Mutex<HashMap<String, mpsc::UnboundedSender<Element>>>,
     joins: Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>,
     reflections: Mutex<HashMap<String, oneshot::Sender<Option<String>>>>,
@@ -536,11 +577,18 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
                 id
             }
         };
-        let (tx, rx) = oneshot::channel();
-        lock(&self.inner.pending).insert(id.clone(), tx);
+        let (answer, rx) = oneshot::channel();
+        let token = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut pending = lock(&self.inner.pending);
+            if pending.contains_key(&id) {
+                return Err(DriverError::IdInUse(id));
+            }
+            pending.insert(id.clone(), PendingIq { token, answer });
+        }
         // (The router removes the entry when the answer comes; the claim removes it otherwise: a send
         // that failed, a timeout, or a caller that gave up.)
-        let _waiting = Claim::new(&self.inner.pending, &id);
+        let _waiting = Claim::new(&self.inner.pending, &id, token);
         self.inner.transport.send(iq).await?;
         match tokio::time::timeout(self.inner.config.iq_timeout, rx).await {
             Ok(Ok(answer)) => Ok(answer),
@@ -585,7 +633,7 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
                     Err(_) => continue,
                 },
                 None => {
-                    let fetching = Claim::new(&self.inner.inflight, &key);
+                    let fetching = Claim::new(&self.inner.inflight, &key, 0);
                     let result = self.iq(iq).await.map_err(|e| e.to_string());
                     for w in fetching.take().unwrap_or_default() {
                         let _ = w.send(result.clone());
@@ -604,7 +652,7 @@ impl<S: Store + Send + 'static> OmemoMuc<S> {
             if stanza.name() == "iq" && matches!(stanza.attr("type"), Some("result" | "error")) {
                 let waiter = stanza.attr("id").and_then(|id| lock(&self.inner.pending).remove(id));
                 if let Some(w) = waiter {
-                    let _ = w.send(stanza);
+                    let _ = w.answer.send(stanza);
                     continue;
                 }
             }
@@ -1681,4 +1729,33 @@ fn strip_publish_option(iq: &mut Element, var: &str) {
         fresh.append_child(f);
     }
     *x = fresh;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A claim removes its own entry, never one that another caller put under the same id after the
+    /// router took the claim's entry (the answer came) and before the claim was dropped.
+    #[test]
+    fn a_claim_removes_only_its_own_entry() {
+        let map: Mutex<HashMap<String, PendingIq>> = Mutex::new(HashMap::new());
+        let (answer, _first_rx) = oneshot::channel();
+        lock(&map).insert("x".into(), PendingIq { token: 1, answer });
+        let first = Claim::new(&map, "x", 1);
+        assert!(lock(&map).remove("x").is_some(), "the router takes the answered entry");
+        let (answer, _second_rx) = oneshot::channel();
+        lock(&map).insert("x".into(), PendingIq { token: 2, answer });
+        let second = Claim::new(&map, "x", 2);
+        drop(first);
+        assert!(lock(&map).get("x").is_some_and(|e| e.token == 2), "the second caller's entry stays");
+        drop(second);
+        assert!(lock(&map).is_empty(), "and goes with its own claim");
+        // A fetch's entry is its caller's alone.
+        let fetches: Mutex<HashMap<String, Vec<FetchWaiter>>> = Mutex::new(HashMap::new());
+        lock(&fetches).insert("k".into(), Vec::new());
+        let fetching = Claim::new(&fetches, "k", 0);
+        assert!(fetching.take().is_some());
+        assert!(lock(&fetches).is_empty());
+    }
 }
