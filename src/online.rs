@@ -297,6 +297,45 @@ pub struct OnlineOptions {
     pub expect: Option<usize>,
 }
 
+/// What the chat does with one event of the driver (`None`: the driver stopped): prints it to `out`,
+/// and says whether the chat ends. `ended` keeps why the connection ended, for the error that ends the
+/// chat when the driver reports the disconnection.
+fn chat_event(e: Option<Event>, ended: &mut Option<String>, out: &mut impl Write) -> Option<Result<(), CliError>> {
+    // (A line that cannot be written to the terminal is lost; the chat goes on.)
+    match e {
+        Some(Event::Message(m)) => {
+            let mark = match m.trust {
+                TrustLevel::Verified => "✓",
+                TrustLevel::Blind => "·",
+                _ => "!",
+            };
+            let from = m.nick.clone().unwrap_or(m.from_jid.clone());
+            let when = if m.source == crate::driver::Source::Archive { " (history)" } else { "" };
+            let _ = writeln!(out, "{mark} {from}{when}: {}", m.text);
+        }
+        Some(Event::Undecryptable { from_jid, cause, .. }) => {
+            let _ = writeln!(out, "! {}: (cannot decrypt: {cause:?})", from_jid.unwrap_or_default());
+        }
+        Some(Event::Room { change: RoomChange::Left(why), .. }) => {
+            let _ = writeln!(out, "-- you are out of the room: {why}");
+            return Some(Ok(()));
+        }
+        Some(Event::Error { context, detail }) if context == "connection" => *ended = Some(detail),
+        Some(Event::Error { context, detail }) => {
+            let _ = writeln!(out, "-- {context}: {detail}");
+        }
+        Some(Event::Disconnected) | None => {
+            let why = match ended.take() {
+                Some(why) => format!("the connection ended: {why}"),
+                None => "the connection ended".to_owned(),
+            };
+            return Some(Err(refused("connection", why)));
+        }
+        Some(_) => {}
+    }
+    None
+}
+
 /// Interactive line mode: the room's events print as they come (sender, trust, text); each line typed is
 /// sent; `/quit` or the end of input leaves.
 async fn chat(driver: &OmemoMuc<Db>, room: &str, mut events: UnboundedReceiver<Event>) -> Result<(), CliError> {
@@ -310,24 +349,13 @@ async fn chat(driver: &OmemoMuc<Db>, room: &str, mut events: UnboundedReceiver<E
             }
         }
     });
+    let mut ended = None;
     loop {
         tokio::select! {
-            e = events.recv() => match e {
-                Some(Event::Message(m)) => {
-                    let mark = match m.trust { TrustLevel::Verified => "✓", TrustLevel::Blind => "·", _ => "!" };
-                    let from = m.nick.clone().unwrap_or(m.from_jid.clone());
-                    let when = if m.source == crate::driver::Source::Archive { " (history)" } else { "" };
-                    println!("{mark} {from}{when}: {}", m.text);
+            e = events.recv() => {
+                if let Some(done) = chat_event(e, &mut ended, &mut std::io::stdout().lock()) {
+                    return done;
                 }
-                Some(Event::Undecryptable { from_jid, cause, .. }) => {
-                    println!("! {}: (cannot decrypt: {cause:?})", from_jid.unwrap_or_default());
-                }
-                Some(Event::Room { change: RoomChange::Left(why), .. }) => {
-                    println!("-- you are out of the room: {why}");
-                    return Ok(());
-                }
-                Some(Event::Disconnected) | None => return Err(refused("connection", "the connection ended")),
-                Some(_) => {}
             },
             line = lines.recv() => match line {
                 Some(l) if l.trim() == "/quit" => return Ok(()),
@@ -339,5 +367,33 @@ async fn chat(driver: &OmemoMuc<Db>, room: &str, mut events: UnboundedReceiver<E
                 None => return Ok(()),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The chat prints other errors as they come, and ends with the reason the connection ended.
+    #[test]
+    fn the_chat_ends_with_the_reason_the_connection_ended() {
+        let mut ended = None;
+        let mut out = Vec::new();
+        let error = |context: &str, detail: &str| Some(Event::Error { context: context.into(), detail: detail.into() });
+        assert!(chat_event(error("send", "not sent: x"), &mut ended, &mut out).is_none());
+        assert!(chat_event(error("connection", "the server ended the stream: system-shutdown"), &mut ended, &mut out)
+            .is_none());
+        match chat_event(Some(Event::Disconnected), &mut ended, &mut out) {
+            Some(Err(e)) => {
+                assert_eq!(e.kind, "connection");
+                assert_eq!(e.detail, "the connection ended: the server ended the stream: system-shutdown");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(String::from_utf8(out).ok().as_deref(), Some("-- send: not sent: x\n"));
+        // Without a reason (the driver stopped), the chat still ends with an error.
+        assert!(
+            matches!(chat_event(None, &mut ended, &mut Vec::new()), Some(Err(e)) if e.detail == "the connection ended")
+        );
     }
 }
