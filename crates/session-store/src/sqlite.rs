@@ -841,8 +841,13 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             // record written in this change set goes on top of it. A step counts only on top of a stored
             // record (as in the memory store): a step of an address without one is not written.
             // Steps of sessions the cache keeps, by id, many rows per statement.
-            let by_id: Vec<(i64, &SendStep)> =
+            let mut by_id: Vec<(i64, &SendStep)> =
                 step_at.iter().zip(session_steps).filter_map(|(at, (_, step))| Some((at.as_ref()?.0, step))).collect();
+            // In id order: SQLite then finds each row next to the one before instead of searching the
+            // table from its root (a room's devices come in JID order, their ids in the order the
+            // sessions were made; a micro-benchmark of 3,000 rows: 1.3 ms in order, 5–7 ms shuffled).
+            // A stable sort: of two steps of one session, the later still wins.
+            by_id.sort_by_key(|(id, _)| *id);
             // (SQLite copies what is bound: one buffer serves every step, and is wiped when dropped.)
             let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(SendStep::ENCODED_LEN));
             for chunk in by_id.chunks(STEP_ROWS) {
