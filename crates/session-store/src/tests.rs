@@ -908,6 +908,23 @@ mod sqlite_store {
         assert_eq!(ids(&s), before);
         assert_eq!(s.session(&to_b).unwrap().unwrap().to_bytes(), stored.to_bytes());
         send_states_agree(&s, &many);
+        // Two steps of one session in one change set, both by id (the session is kept: just read) and
+        // by address (after a whole write drops it from what is kept): the later one wins either way.
+        for by_id in [true, false] {
+            let mut ahead = stored.clone();
+            ahead.encrypt(&our, &[3; 32]).unwrap();
+            let first = ahead.send_step().unwrap();
+            ahead.encrypt(&our, &[4; 32]).unwrap();
+            let second = ahead.send_step().unwrap();
+            s.apply(&Changes { sessions: vec![(to_b.clone(), stored.clone())], ..Changes::default() }).unwrap();
+            if by_id {
+                send_states_agree(&s, &many);
+            }
+            let steps = vec![(other.clone(), rec.send_step().unwrap()), (to_b.clone(), first), (to_b.clone(), second)];
+            s.apply(&Changes { session_steps: steps, ..Changes::default() }).unwrap();
+            assert_eq!(s.session(&to_b).unwrap().unwrap().to_bytes(), ahead.to_bytes(), "by id: {by_id}");
+            send_states_agree(&s, &many);
+        }
     }
 
     /// A database written by schema version 1 (the first release) opens, migrates and keeps its data.
