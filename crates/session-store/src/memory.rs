@@ -1,6 +1,6 @@
 //! An in-memory store: for tests, benches and clients that persist elsewhere.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use zeroize::Zeroizing;
 
@@ -24,25 +24,19 @@ pub struct MemoryStore {
     signed_pre_keys: BTreeMap<u32, SignedPreKeyRecord>,
     pre_keys: BTreeMap<u32, PreKeyRecord>,
     hidden: BTreeSet<u32>,
-    /// Hash maps where a group send looks up thousands of keys (random keys: the JIDs are others').
-    sessions: HashMap<SessionAddress, StoredSession, ahash::RandomState>,
+    /// Encoded records, and the deltas on top of them (kept apart, as the SQLite store keeps them); both
+    /// hold keys, wiped when dropped.
+    sessions: BTreeMap<SessionAddress, Zeroizing<Vec<u8>>>,
+    session_steps: BTreeMap<SessionAddress, Zeroizing<Vec<u8>>>,
     identities: BTreeMap<(String, DeviceId), PublicKey>,
     /// Per JID (looked up by `&str`, without an allocation: a group send asks thousands of times).
-    trust: HashMap<String, BTreeMap<PublicKey, TrustLevel>, ahash::RandomState>,
+    trust: BTreeMap<String, BTreeMap<PublicKey, TrustLevel>>,
     /// Per JID, then namespace: device id → active.
-    device_lists: HashMap<String, BTreeMap<Namespace, BTreeMap<DeviceId, bool>>, ahash::RandomState>,
+    device_lists: BTreeMap<String, BTreeMap<Namespace, BTreeMap<DeviceId, bool>>>,
     ledger: BTreeMap<(String, String), LedgerEntry>,
     seen: BTreeSet<(String, String)>,
     spent_tokens: BTreeMap<Vec<u8>, u64>,
     replies_due: BTreeSet<SessionAddress>,
-}
-
-/// A session as stored: the encoded record and the delta on top of it (kept apart, as the SQLite store
-/// keeps them). Both hold keys: wiped when dropped.
-#[derive(Clone)]
-struct StoredSession {
-    record: Zeroizing<Vec<u8>>,
-    step: Option<Zeroizing<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -84,9 +78,9 @@ impl SignedPreKeyStore for MemoryStore {
 
 impl SessionStore for MemoryStore {
     fn session(&self, addr: &SessionAddress) -> Result<Option<SessionRecord>, StoreError> {
-        let Some(stored) = self.sessions.get(addr) else { return Ok(None) };
-        let mut record = SessionRecord::from_bytes(&stored.record)?;
-        if let Some(step) = &stored.step {
+        let Some(bytes) = self.sessions.get(addr) else { return Ok(None) };
+        let mut record = SessionRecord::from_bytes(bytes)?;
+        if let Some(step) = self.session_steps.get(addr) {
             record.apply_step(&SendStep::from_bytes(step)?)?;
         }
         Ok(Some(record))
@@ -98,16 +92,13 @@ impl SessionStore for MemoryStore {
             .par_iter()
             .with_min_len(64)
             .map(|a| match self.sessions.get(a) {
-                Some(stored) => SendState::from_record_bytes(&stored.record, stored.step.as_ref().map(|s| &s[..])),
+                Some(record) => SendState::from_record_bytes(record, self.session_steps.get(a).map(|s| &s[..])),
                 None => Ok(None),
             })
             .collect()
     }
     fn session_devices(&self, ns: Namespace, jid: &str) -> Result<Vec<DeviceId>, StoreError> {
-        let mut devices: Vec<DeviceId> =
-            self.sessions.keys().filter(|a| a.namespace == ns && a.jid == jid).map(|a| a.device).collect();
-        devices.sort_unstable();
-        Ok(devices)
+        Ok(self.sessions.keys().filter(|a| a.namespace == ns && a.jid == jid).map(|a| a.device).collect())
     }
 }
 
@@ -195,16 +186,18 @@ impl Store for MemoryStore {
             }
         }
         for (addr, rec) in sessions {
-            // (A record written whole drops its step.)
-            self.sessions.insert(addr.clone(), StoredSession { record: Zeroizing::new(rec.to_bytes()), step: None });
+            self.sessions.insert(addr.clone(), Zeroizing::new(rec.to_bytes()));
+            self.session_steps.remove(addr);
         }
         for (addr, step) in session_steps {
             // A delta without its record would be lost on the next read: only the stored ones.
-            if let Some(stored) = self.sessions.get_mut(addr) {
-                match &mut stored.step {
+            if self.sessions.contains_key(addr) {
+                match self.session_steps.get_mut(addr) {
                     // Overwritten in place: a group send replaces thousands of steps.
-                    Some(bytes) => step.write_to(bytes),
-                    None => stored.step = Some(Zeroizing::new(step.to_bytes())),
+                    Some(stored) => step.write_to(stored),
+                    None => {
+                        self.session_steps.insert(addr.clone(), Zeroizing::new(step.to_bytes()));
+                    }
                 }
             }
         }
