@@ -69,6 +69,14 @@ impl<S: Store> Pair<S> {
     pub fn a_reads(&mut self, data: &[u8]) -> Result<session::DecryptedKey, SessionError> {
         Self::dec(&mut self.a, &self.b, self.ns, data, &mut self.rng)
     }
+    /// B reads A's "hello" and answers; A reads the answer (after [`Pair::start`]: the session is then
+    /// confirmed on both sides).
+    pub fn exchange(&mut self) {
+        let k = self.a_to_b(b"hello");
+        self.b_reads(&k.data).unwrap();
+        let k = self.b_to_a(b"answer");
+        self.a_reads(&k.data).unwrap();
+    }
 }
 
 /// What a group send reads of each device's session ([`SessionStore::send_states`], and the reader
@@ -507,10 +515,7 @@ macro_rules! store_conformance_tests {
                 // A pending key exchange, and skipped keys on the other side.
                 send_states_agree(&p.a, &[Pair::<$ty>::addr_in(&p.b, p.ns)]);
                 let lost = p.a_to_b(b"lost");
-                let k = p.a_to_b(b"hello");
-                p.b_reads(&k.data).unwrap();
-                let k = p.b_to_a(b"answer");
-                p.a_reads(&k.data).unwrap();
+                p.exchange();
                 let to_b = Pair::<$ty>::addr_in(&p.b, p.ns);
                 let to_a = Pair::<$ty>::addr_in(&p.a, p.ns);
                 assert!(format!("{:?}", p.b.session(&to_a).unwrap().unwrap()).contains("skipped_keys: 1"));
@@ -751,10 +756,7 @@ mod sqlite_store {
             Namespace::Twomemo,
         );
         p.start();
-        let k = p.a_to_b(b"hello");
-        p.b_reads(&k.data).unwrap();
-        let k = p.b_to_a(b"answer");
-        p.a_reads(&k.data).unwrap();
+        p.exchange();
         let to_b = Pair::<SqliteStore<rusqlite::Connection>>::addr_in(&p.b, p.ns);
         let ghost = SessionAddress::new(p.ns, "ghost@example.org", 9);
         let asked = [to_b.clone(), ghost.clone()];
@@ -845,10 +847,7 @@ mod sqlite_store {
     fn schema_7_steps_migrate_to_session_ids() {
         let mut p = pair(42);
         p.start();
-        let k = p.a_to_b(b"hello");
-        p.b_reads(&k.data).unwrap();
-        let k = p.b_to_a(b"answer");
-        p.a_reads(&k.data).unwrap();
+        p.exchange();
         let to_b = Pair::<SqliteStore<rusqlite::Connection>>::addr_in(&p.b, p.ns);
         let our = p.a.account().unwrap().unwrap().local_identity();
         let mut rec = p.a.session(&to_b).unwrap().unwrap();
