@@ -2,10 +2,10 @@
 
 use std::fmt;
 
+use curve25519_dalek::{EdwardsPoint, MontgomeryPoint};
 use rand_core::CryptoRngCore;
 use subtle::ConstantTimeEq;
-use x25519_dalek::{PublicKey as XPublic, StaticSecret};
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::KeyError;
 
@@ -98,7 +98,7 @@ pub fn ed25519_to_curve25519(ed: &[u8; 32]) -> Result<PublicKey, KeyError> {
 }
 
 /// The point of an Ed25519 public key; refused when it is not a point or has small order.
-pub(crate) fn ed25519_point(ed: &[u8; 32]) -> Result<curve25519_dalek::EdwardsPoint, KeyError> {
+pub(crate) fn ed25519_point(ed: &[u8; 32]) -> Result<EdwardsPoint, KeyError> {
     let point = curve25519_dalek::edwards::CompressedEdwardsY(*ed).decompress().ok_or(KeyError::NotAPoint)?;
     if point.is_small_order() {
         return Err(KeyError::LowOrderPoint);
@@ -135,8 +135,13 @@ impl PrivateKey {
 
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
-        let secret = StaticSecret::from(*self.0);
-        PublicKey(XPublic::from(&secret).to_bytes())
+        PublicKey(self.public_point().to_montgomery().to_bytes())
+    }
+
+    /// The public key as an Edwards point (either sign), before its conversion to a u-coordinate: see
+    /// [`to_montgomery_batch`].
+    pub(crate) fn public_point(&self) -> EdwardsPoint {
+        EdwardsPoint::mul_base_clamped(*self.0)
     }
 
     /// X25519 with `their` key. A result of all zeros means `their` is a low-order point: refused.
@@ -153,21 +158,35 @@ impl PrivateKey {
 
     /// [`PrivateKey::agree`] with a key made ready once for several agreements.
     pub(crate) fn agree_prepared(&self, their: &PreparedKey) -> Result<SharedSecret, KeyError> {
+        let mut point = self.agree_point(their);
+        let shared = SharedSecret::of_u(point.to_montgomery());
+        point.zeroize();
+        shared
+    }
+
+    /// The agreement as an Edwards point, before its conversion to the shared secret (the
+    /// u-coordinate): several of them convert with one inversion ([`to_montgomery_batch`]). Secret.
+    pub(crate) fn agree_point(&self, their: &PreparedKey) -> EdwardsPoint {
         let mut k = *self.0;
         // k >> 3: the clamped scalar divided by the cofactor (it is a multiple of 8).
         let mut k_div_8 = [0u8; 32];
         for i in 0..32 {
             k_div_8[i] = (k[i] >> 3) | k.get(i + 1).map_or(0, |next| next << 5);
         }
-        let scalar = curve25519_dalek::Scalar::from_bytes_mod_order(k_div_8);
+        let mut scalar = curve25519_dalek::Scalar::from_bytes_mod_order(k_div_8);
         k.zeroize();
         k_div_8.zeroize();
-        let shared = (their.0 * scalar).to_montgomery().to_bytes();
-        if shared == [0u8; 32] {
-            return Err(KeyError::LowOrderPoint);
-        }
-        Ok(SharedSecret(Box::new(shared)))
+        let point = their.0 * scalar;
+        scalar.zeroize();
+        point
     }
+}
+
+/// The u-coordinates of several Edwards points with one field inversion for all (each on its own
+/// takes one: about as long as a fifth of an agreement). Wiped when dropped: the points may be
+/// agreements.
+pub(crate) fn to_montgomery_batch(points: &[EdwardsPoint]) -> Zeroizing<Vec<MontgomeryPoint>> {
+    Zeroizing::new(EdwardsPoint::to_montgomery_batch(points))
 }
 
 impl fmt::Debug for PrivateKey {
@@ -180,19 +199,19 @@ impl fmt::Debug for PrivateKey {
 /// point (either sign: `P` and `−P` share the u-coordinate) times the cofactor. Converting the
 /// u-coordinate takes an inversion and a square root; a key used in several agreements (the signed
 /// pre-key in X3DH) is converted once.
-pub(crate) struct PreparedKey(curve25519_dalek::EdwardsPoint);
+pub(crate) struct PreparedKey(EdwardsPoint);
 
 impl PublicKey {
     /// The key made ready for agreements; u-coordinates that are not on the curve are refused.
     pub(crate) fn prepare(&self) -> Result<PreparedKey, KeyError> {
-        let point = curve25519_dalek::montgomery::MontgomeryPoint(self.0).to_edwards(0).ok_or(KeyError::NotAPoint)?;
+        let point = MontgomeryPoint(self.0).to_edwards(0).ok_or(KeyError::NotAPoint)?;
         Ok(PreparedKey::of_point(point))
     }
 }
 
 impl PreparedKey {
     /// From a point whose u-coordinate is the key (either sign).
-    pub(crate) fn of_point(point: curve25519_dalek::EdwardsPoint) -> Self {
+    pub(crate) fn of_point(point: EdwardsPoint) -> Self {
         PreparedKey(point.mul_by_cofactor())
     }
 }
@@ -202,6 +221,17 @@ impl PreparedKey {
 pub struct SharedSecret(Box<[u8; 32]>);
 
 impl SharedSecret {
+    /// The shared secret of an agreement's u-coordinate; all zeros means the peer's key was a
+    /// low-order point: refused.
+    pub(crate) fn of_u(mut u: MontgomeryPoint) -> Result<Self, KeyError> {
+        let shared = Self(Box::new(u.to_bytes()));
+        u.zeroize();
+        if *shared.0 == [0u8; 32] {
+            return Err(KeyError::LowOrderPoint);
+        }
+        Ok(shared)
+    }
+
     /// The 32 secret bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
@@ -282,7 +312,14 @@ mod tests {
         assert!(matches!(a.private.agree(&PublicKey::from_bytes(one)), Err(KeyError::LowOrderPoint)));
     }
 
-    /// The Edwards route gives exactly what x25519-dalek's ladder gives (RFC 7748 X25519).
+    /// RFC 7748 X25519 on curve25519-dalek's Montgomery ladder: the reference the Edwards route is checked
+    /// against.
+    fn ladder(private: &PrivateKey, their: &PublicKey) -> [u8; 32] {
+        MontgomeryPoint(*their.as_bytes()).mul_clamped(*private.as_bytes()).to_bytes()
+    }
+
+    /// The Edwards route gives exactly what the Montgomery ladder gives (RFC 7748 X25519), and so do
+    /// the public keys and the batched conversions.
     #[test]
     fn agreement_equals_rfc7748_x25519() {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
@@ -290,10 +327,13 @@ mod tests {
             let a = KeyPair::generate(&mut rng);
             let b = KeyPair::generate(&mut rng);
             let ours = a.private.agree(&b.public).map(|s| *s.as_bytes()).unwrap_or_default();
-            let reference = StaticSecret::from(*a.private.as_bytes())
-                .diffie_hellman(&XPublic::from(*b.public.as_bytes()))
-                .to_bytes();
-            assert_eq!(ours, reference);
+            assert_eq!(ours, ladder(&a.private, &b.public));
+            let base = MontgomeryPoint::mul_base_clamped(*a.private.as_bytes()).to_bytes();
+            assert_eq!(a.public.as_bytes(), &base);
+            let prepared = b.public.prepare().unwrap();
+            let points = [a.private.agree_point(&prepared), a.private.public_point(), b.private.public_point()];
+            let batch: Vec<[u8; 32]> = to_montgomery_batch(&points).iter().map(|u| u.to_bytes()).collect();
+            assert_eq!(batch, [ours, *a.public.as_bytes(), *b.public.as_bytes()]);
         }
         // RFC 7748 §5.2 test vector 1 (scalar clamped the same way).
         let scalar = hex_bytes("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4");
@@ -305,11 +345,9 @@ mod tests {
         for _ in 0..50 {
             let a = KeyPair::generate(&mut rng);
             let b = KeyPair::generate(&mut rng);
-            let p =
-                curve25519_dalek::montgomery::MontgomeryPoint(*b.public.as_bytes()).to_edwards(0).unwrap() + torsion;
+            let p = MontgomeryPoint(*b.public.as_bytes()).to_edwards(0).unwrap() + torsion;
             let mixed = PublicKey::from_bytes(p.to_montgomery().to_bytes());
-            let reference =
-                StaticSecret::from(*a.private.as_bytes()).diffie_hellman(&XPublic::from(*mixed.as_bytes())).to_bytes();
+            let reference = ladder(&a.private, &mixed);
             assert_eq!(a.private.agree(&mixed).map(|s| *s.as_bytes()).ok(), Some(reference));
         }
         // Every low-order point is refused.

@@ -10,11 +10,11 @@
 use std::collections::VecDeque;
 
 use rand_core::CryptoRngCore;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::{
     error::SessionError,
-    keys::{KeyPair, PreparedKey, PublicKey},
+    keys::{to_montgomery_batch, KeyPair, PreparedKey, PrivateKey, PublicKey, SharedSecret},
     namespace::Namespace,
     ratchet::{
         keys::{root_and_chain, ChainKey, RootKey},
@@ -219,16 +219,29 @@ pub(crate) fn initiate_checked(
     }
     let pick = (rng.next_u64() % bundle.pre_keys.len() as u64) as usize;
     let (pre_key_id, pre_key) = bundle.pre_keys[pick];
-    let base = KeyPair::generate(rng);
-    // The signed pre-key takes part in three agreements: converted for them once.
+    let base = PrivateKey::generate(rng);
+    let ratchet = PrivateKey::generate(rng);
+    // The signed pre-key takes part in three agreements: converted for them once. The five agreements
+    // and the two new public keys are points until one batch conversion (one inversion instead of seven).
     let spk = bundle.signed_pre_key.prepare()?;
-    let dh1 = our_identity.private.agree_prepared(&spk)?;
-    let dh2 = base.private.agree_prepared(identity)?;
-    let dh3 = base.private.agree_prepared(&spk)?;
-    let dh4 = base.private.agree(&pre_key)?;
-    let (root, _responder_chain) = derive(ns, &[dh1.as_bytes(), dh2.as_bytes(), dh3.as_bytes(), dh4.as_bytes()]);
-    let ratchet = KeyPair::generate(rng);
-    let (root, sending) = root.create_chain_prepared(ns, &spk, &ratchet.private)?;
+    let points = Zeroizing::new([
+        our_identity.private.agree_point(&spk),
+        base.agree_point(identity),
+        base.agree_point(&spk),
+        base.agree_point(&pre_key.prepare()?),
+        ratchet.agree_point(&spk),
+        base.public_point(),
+        ratchet.public_point(),
+    ]);
+    let u = to_montgomery_batch(&points[..]);
+    let [dh1, dh2, dh3, dh4, first_step, base_public, ratchet_public] = u.as_slice() else {
+        return Err(SessionError::Internal("batch conversion lost a point"));
+    };
+    let [dh1, dh2, dh3, dh4, first_step] = [dh1, dh2, dh3, dh4, first_step].map(|u| SharedSecret::of_u(*u));
+    let (root, _responder_chain) = derive(ns, &[dh1?.as_bytes(), dh2?.as_bytes(), dh3?.as_bytes(), dh4?.as_bytes()]);
+    let base = KeyPair { public: PublicKey::from_bytes(base_public.to_bytes()), private: base };
+    let ratchet = KeyPair { public: PublicKey::from_bytes(ratchet_public.to_bytes()), private: ratchet };
+    let (root, sending) = root.chain_from(ns, &first_step?);
     Ok(SessionState {
         ns,
         remote_identity: bundle.identity_key,
@@ -390,7 +403,8 @@ mod tests {
             rng.fill_bytes(&mut wide);
             let r = Scalar::from_bytes_mod_order_wide(&wide);
             let big_r = (EdwardsPoint::mul_base(&r) + torsion).compress().to_bytes();
-            let k = Scalar::from_hash(Sha512::new().chain_update(big_r).chain_update(key).chain_update(msg));
+            let k =
+                crate::xeddsa::scalar_of_hash(Sha512::new().chain_update(big_r).chain_update(key).chain_update(msg));
             let mut sig = [0u8; 64];
             sig[..32].copy_from_slice(&big_r);
             sig[32..].copy_from_slice((r + k * a).as_bytes());

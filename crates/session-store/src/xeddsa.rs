@@ -17,6 +17,14 @@ use zeroize::Zeroize;
 
 use crate::keys::{PrivateKey, PublicKey};
 
+/// A SHA-512 digest reduced modulo the group order (Ed25519's and XEdDSA's hashes to scalars).
+pub(crate) fn scalar_of_hash(hash: Sha512) -> Scalar {
+    let mut wide: [u8; 64] = hash.finalize().into();
+    let scalar = Scalar::from_bytes_mod_order_wide(&wide);
+    wide.zeroize();
+    scalar
+}
+
 /// Length of a signature.
 pub const SIGNATURE_LEN: usize = 64;
 
@@ -43,11 +51,11 @@ pub fn sign(private: &PrivateKey, message: &[u8], random: &[u8; 64]) -> [u8; SIG
     let (mut a, big_a, mut a_bytes) = edwards_key(private);
     let mut prefix = [0xFFu8; 32];
     prefix[0] = 0xFE;
-    let mut r = Scalar::from_hash(
+    let mut r = scalar_of_hash(
         Sha512::new().chain_update(prefix).chain_update(a_bytes).chain_update(message).chain_update(random),
     );
     let big_r = EdwardsPoint::mul_base(&r).compress().to_bytes();
-    let h = Scalar::from_hash(Sha512::new().chain_update(big_r).chain_update(big_a).chain_update(message));
+    let h = scalar_of_hash(Sha512::new().chain_update(big_r).chain_update(big_a).chain_update(message));
     let s = r + h * a;
     a.zeroize();
     r.zeroize();
@@ -110,7 +118,7 @@ impl Signed {
         if key.is_small_order() || r.is_small_order() {
             return None;
         }
-        let k = Scalar::from_hash(Sha512::new().chain_update(r_bytes).chain_update(key_bytes).chain_update(message));
+        let k = scalar_of_hash(Sha512::new().chain_update(r_bytes).chain_update(key_bytes).chain_update(message));
         Some(Self { key, r_bytes, r, s, k })
     }
 

@@ -6,7 +6,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::{
     error::KeyError,
-    keys::{PreparedKey, PrivateKey, PublicKey},
+    keys::{PreparedKey, PrivateKey, PublicKey, SharedSecret},
     namespace::Namespace,
     primitives::{hkdf_sha256, hkdf_sha256_salted, no_salt, HmacKey},
 };
@@ -33,8 +33,12 @@ impl RootKey {
         their: &PreparedKey,
         our: &PrivateKey,
     ) -> Result<(RootKey, ChainKey), KeyError> {
-        let shared = our.agree_prepared(their)?;
-        Ok(root_and_chain(Some(&self.0), shared.as_bytes(), ns.root_info()))
+        Ok(self.chain_from(ns, &our.agree_prepared(their)?))
+    }
+
+    /// The root step for an agreement already made.
+    pub(crate) fn chain_from(&self, ns: Namespace, shared: &SharedSecret) -> (RootKey, ChainKey) {
+        root_and_chain(Some(&self.0), shared.as_bytes(), ns.root_info())
     }
 }
 
