@@ -231,6 +231,39 @@ fn bad_bundle_excludes_only_that_device_and_budget_is_enforced() {
     }
 }
 
+/// A bundle whose identity key is already distrusted builds no session (its X3DH runs beside the
+/// identity check and is dropped): the device is left out as distrusted, nothing of it is stored, and
+/// the other devices' sessions are built from their bundles in the same send.
+#[test]
+fn a_distrusted_identity_in_a_bundle_builds_no_session() {
+    use session_store::{Changes, IdentityStore, SessionStore, Store, TrustLevel};
+    let mut w = mixed("cold-distrust");
+    w.sync_device_lists(0).unwrap();
+    let d = &w.devices[0];
+    let plan = plan_group_message(&d.store, &d.room, fan_out_encryptor::NamespaceChoice::Auto).unwrap();
+    let victim = plan.need_bundles.iter().find(|a| a.jid == "carol@example.org").unwrap().clone();
+    let bundles: Vec<_> = plan.need_bundles.iter().map(|a| (a.clone(), w.bundle(a))).collect();
+    let carol_key = bundles.iter().find(|(a, _)| *a == victim).unwrap().1.as_ref().unwrap().identity_key;
+    let decision =
+        Changes { trust: vec![(victim.jid.clone(), carol_key, TrustLevel::Distrusted)], ..Changes::default() };
+    w.devices[0].store.apply(&decision).unwrap();
+    let d = &w.devices[0];
+    let opts = GroupOptions { missing: MissingDevicePolicy::BestEffort, ..GroupOptions::default() };
+    let mut rng = ChaCha20Rng::seed_from_u64(12);
+    let msg = encrypt_group_message(&d.store, &d.room, "not for carol", &bundles, &opts, 1, &mut rng).unwrap();
+    assert!(msg.coverage.devices_left_out.contains(&(victim.clone(), Left::Distrusted)), "{:?}", msg.coverage);
+    assert!(msg.coverage.keyed.iter().all(|(a, _)| *a != victim));
+    assert_eq!(msg.coverage.keyed.len(), plan.need_bundles.len() - 1, "{:?}", msg.coverage);
+    assert!(msg.changes.sessions.iter().all(|(a, _)| *a != victim));
+    let (stanza, _) = msg.commit(&mut w.devices[0].store).unwrap();
+    let store = &w.devices[0].store;
+    assert!(store.session(&victim).unwrap().is_none());
+    assert!(store.identity(&victim.jid, victim.device).unwrap().is_none());
+    let m = w.post(0, "not for carol", &stanza.to_element().unwrap()).unwrap();
+    assert_eq!(w.plaintext(2, m), "not for carol");
+    assert!(matches!(w.receive(3, m), Inbound::Undecryptable { cause: Cause::NotForThisDevice, .. }));
+}
+
 /// Trust decides who gets a key: a distrusted or undecided identity gets none, its session does not
 /// move, and a namespace left without devices gets no payload in the stanza.
 #[test]

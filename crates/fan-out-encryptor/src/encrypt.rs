@@ -195,7 +195,7 @@ impl<'a> GroupKeys<'a> {
     ) -> Self {
         let mut old_keys = Vec::new();
         let mut new_keys = Vec::new();
-        let mut group_of: HashMap<&str, usize, ahash::RandomState> = HashMap::default();
+        let mut group_of: session_store::FastMap<&str, usize> = HashMap::default();
         let mut len = 512;
         for (addr, key) in keys {
             len += key.len();

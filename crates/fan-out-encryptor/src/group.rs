@@ -15,9 +15,10 @@ use participant_resolver::{Exclusion, Recipients, ResolveError, Room};
 use rand_core::CryptoRngCore;
 use rayon::prelude::*;
 use session_store::{
-    session, Changes, LedgerEntry, Namespace, PreKeyBundle, SendState, SessionAddress, SessionError, SessionRecord,
-    Store, StoreError, TrustLevel,
+    session, Changes, FastMap, FastSet, LedgerEntry, Namespace, PreKeyBundle, SendState, SessionAddress, SessionError,
+    SessionRecord, Store, StoreError, TrustLevel,
 };
+use zeroize::Zeroizing;
 
 use crate::{
     encrypt::{recipient_devices, NamespaceChoice},
@@ -166,6 +167,29 @@ impl GroupMessage {
 /// session's advanced sending chain, or why not.
 type WrapResult = Result<(String, bool, session_store::SendStep), SessionError>;
 
+/// Runs `parallel` (work for the rayon pool) on a scoped helper thread while `here` runs on this thread,
+/// which alone reads the store (a store need not be shared between threads). Called from a thread of
+/// the pool, the two run one after the other: waiting there for the helper could hold the only worker
+/// its work needs.
+fn beside<A: Send, B>(parallel: impl FnOnce() -> A + Send, here: impl FnOnce() -> B) -> (Result<A, SessionError>, B) {
+    if rayon::current_thread_index().is_some() {
+        return (Ok(parallel()), here());
+    }
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(parallel);
+        let here = here();
+        // A panic in the parallel work (none is expected) is reported, not carried into the caller.
+        (helper.join().map_err(|_| SessionError::Internal("the parallel part of a group send panicked")), here)
+    })
+}
+
+/// The generator of one device's session (or of the batch check): stream `n` of ChaCha20 with `seed`.
+fn stream_of(seed: &[u8; 32], n: u64) -> rand_chacha::ChaCha20Rng {
+    let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_seed(*seed);
+    rng.set_stream(n);
+    rng
+}
+
 /// Step 1: the recipients, their devices, and what to fetch before encrypting.
 pub fn plan_group_message(store: &impl Store, room: &Room, choice: NamespaceChoice) -> Result<GroupPlan, GroupError> {
     Ok(load_plan(store, room, choice)?.0)
@@ -213,13 +237,14 @@ pub fn encrypt_group_message(
         coverage.members_left_out.push((jid, Left::NoDeviceList));
     }
 
-    // Sessions from the bundles, all into one change set: identities checked serially (they read the
-    // store), the X3DH agreements in parallel (each with its own generator seeded from `rng`), merged
-    // serially.
+    // Sessions from the bundles, all into one change set. The crypto (the signatures checked in batches,
+    // one multi-scalar multiplication per core, then X3DH on every core) runs while this thread reads what
+    // the store knows: the identities in the bundles (three batch reads), and the stored records of these
+    // devices and of those whose DH ratchet step waits. A device whose identity turns out distrusted had its
+    // session built for nothing: it is dropped.
     let mut changes = Changes::default();
-    let mut to_build: Vec<(&SessionAddress, &PreKeyBundle, [u8; 32], Changes)> = Vec::new();
     // Looked up per device: a map, not a scan (thousands of bundles on a cold start).
-    let answers: std::collections::HashMap<&SessionAddress, &Result<PreKeyBundle, String>> =
+    let answers: FastMap<&SessionAddress, &Result<PreKeyBundle, String>> =
         bundles.iter().map(|(a, b)| (a, b)).collect();
     let mut fetched: Vec<(&SessionAddress, &PreKeyBundle)> = Vec::new();
     for addr in &need_bundles {
@@ -229,57 +254,58 @@ pub fn encrypt_group_message(
             Some(Ok(bundle)) => fetched.push((addr, bundle)),
         }
     }
-    // The identities in the bundles, checked against what the store knows in three batch reads.
-    let asked: Vec<(&str, session_store::DeviceId, &session_store::PublicKey)> =
-        fetched.iter().map(|(a, b)| (a.jid.as_str(), a.device, &b.identity_key)).collect();
-    let identities = match session::check_identities(store, &asked) {
-        Ok(i) => i,
-        Err(SessionError::Store(e)) => return Err(e.into()),
-        Err(e) => return Err(EncryptError::Session(e).into()),
+    // Every device draws from its own ChaCha20 stream of one fresh seed.
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rng.fill_bytes(&mut seed[..]);
+    let build_all = {
+        let (fetched, account, seed) = (&fetched, &account, &seed);
+        move || -> Vec<Result<SessionRecord, SessionError>> {
+            let asked: Vec<(&PreKeyBundle, Namespace)> = fetched.iter().map(|(a, b)| (*b, a.namespace)).collect();
+            let checked = session_store::check_bundles(&asked, &mut stream_of(seed, u64::MAX));
+            checked
+                .into_par_iter()
+                .enumerate()
+                .map(|(i, checked)| {
+                    let mut rng = stream_of(seed, i as u64);
+                    checked.and_then(|c| session::initiate_record_checked(account, &c, &mut rng))
+                })
+                .collect()
+        }
     };
-    for ((addr, bundle), (identity, scratch)) in fetched.into_iter().zip(identities) {
+    let due: Vec<SessionAddress> = devices
+        .iter()
+        .zip(&loaded)
+        .filter(|(_, s)| s.as_ref().is_some_and(SendState::ratchet_due))
+        .map(|(a, _)| a.clone())
+        .collect();
+    let read_store = || -> Result<_, GroupError> {
+        let asked: Vec<(&str, session_store::DeviceId, &session_store::PublicKey)> =
+            fetched.iter().map(|(a, b)| (a.jid.as_str(), a.device, &b.identity_key)).collect();
+        let identities = match session::check_identities(store, &asked) {
+            Ok(i) => i,
+            Err(SessionError::Store(e)) => return Err(e.into()),
+            Err(e) => return Err(EncryptError::Session(e).into()),
+        };
+        let wanted: Vec<SessionAddress> =
+            fetched.iter().map(|(a, _)| SessionAddress::clone(a)).chain(due.iter().cloned()).collect();
+        Ok((identities, store.sessions(&wanted)?))
+    };
+    let (built, read) = beside(build_all, read_store);
+    let (identities, mut records) = read?;
+    let built = built.map_err(EncryptError::Session)?;
+    let due_records = records.split_off(fetched.len());
+    for ((((addr, _), (identity, scratch)), built), stored) in
+        fetched.into_iter().zip(identities).zip(built).zip(records)
+    {
         if identity.trust == TrustLevel::Distrusted {
             coverage.devices_left_out.push((addr.clone(), Left::Distrusted));
             continue;
         }
-        let mut seed = [0u8; 32];
-        rng.fill_bytes(&mut seed);
-        to_build.push((addr, bundle, seed, scratch));
-    }
-    // The bundles' signatures checked in batches first (one multi-scalar multiplication per core).
-    let asked: Vec<(&PreKeyBundle, Namespace)> = to_build.iter().map(|(a, b, _, _)| (*b, a.namespace)).collect();
-    let checked = session_store::check_bundles(&asked, rng);
-    let built: Vec<(&SessionAddress, Result<SessionRecord, SessionError>, Changes)> = to_build
-        .into_par_iter()
-        .zip(checked)
-        .map(|((addr, _, seed, scratch), checked)| {
-            let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_seed(seed);
-            (addr, checked.and_then(|c| session::initiate_record_checked(&account, &c, &mut rng)), scratch)
-        })
-        .collect();
-    // One read of whole records: what is stored for the devices that got a session from a bundle
-    // (archived states, a state that cannot send), then the records of the devices that sent a new
-    // ratchet key since our last message, whose sending half of that DH ratchet step waits (decrypting
-    // does only the receiving half).
-    let mut wanted: Vec<SessionAddress> =
-        built.iter().filter(|(_, r, _)| r.is_ok()).map(|(a, _, _)| SessionAddress::clone(a)).collect();
-    let built_ok = wanted.len();
-    wanted.extend(
-        devices
-            .iter()
-            .zip(&loaded)
-            .filter(|(_, s)| s.as_ref().is_some_and(SendState::ratchet_due))
-            .map(|(a, _)| a.clone()),
-    );
-    let mut records = store.sessions(&wanted)?;
-    let (due, due_records) = (wanted.split_off(built_ok), records.split_off(built_ok));
-    let mut stored = records.into_iter();
-    for (addr, result, scratch) in built {
-        match result {
+        match built {
             Ok(fresh) => {
                 // The identity seen in the bundle is kept only with the session it built.
                 changes.merge(scratch);
-                let mut record = stored.next().flatten().unwrap_or_default();
+                let mut record = stored.unwrap_or_default();
                 record.absorb(fresh);
                 changes.sessions.push((addr.clone(), record));
             }
@@ -304,11 +330,10 @@ pub fn encrypt_group_message(
     }
 
     // The records to wrap for, trust checked; read serially (a store need not be shared between threads).
-    let left_out: std::collections::HashSet<SessionAddress> =
-        coverage.devices_left_out.iter().map(|(a, _)| a.clone()).collect();
+    let left_out: FastSet<SessionAddress> = coverage.devices_left_out.iter().map(|(a, _)| a.clone()).collect();
     // (address, session, index in `changes.sessions` of a session built from a bundle in this send)
     let mut candidates: Vec<(SessionAddress, SendState, Option<usize>)> = Vec::with_capacity(devices.len());
-    let built_now: std::collections::HashMap<&SessionAddress, usize> =
+    let built_now: FastMap<&SessionAddress, usize> =
         changes.sessions.iter().enumerate().map(|(i, (a, _))| (a, i)).collect();
     for (addr, state) in devices.into_iter().zip(loaded) {
         let (state, fresh) = match state {
@@ -384,25 +409,14 @@ pub fn encrypt_group_message(
             addrs.iter().zip(&identities).map(|(a, k)| (a.jid.as_str(), *k)).collect();
         store.trusts(&keys)
     };
-    let (wrapped, stored_trust) = if rayon::current_thread_index().is_some() {
-        // Called from a thread of the pool: waiting here for a helper thread could hold the only worker
-        // the wrap needs. One after the other then.
-        (Ok(wrap_all()), read_trust())
-    } else {
-        std::thread::scope(|scope| {
-            let wrapping = scope.spawn(wrap_all);
-            let stored_trust = read_trust();
-            // A panic in the wrap (none is expected) is reported, not carried into the caller.
-            (wrapping.join().map_err(|_| SessionError::Internal("the key wrapping panicked")), stored_trust)
-        })
-    };
+    let (wrapped, stored_trust) = beside(wrap_all, read_trust);
     let wrapped = wrapped.map_err(EncryptError::Session)?;
     let stored_trust = stored_trust?;
 
     // Trust: what the change set decides (the last word per key wins), else the store's. A trusted
     // device's key goes into the stanza and its step into the change set: a session built in this send
     // is stored whole, with its step applied; a stored one as the step.
-    let trust_now: std::collections::HashMap<(&str, [u8; 32]), TrustLevel> =
+    let trust_now: FastMap<(&str, [u8; 32]), TrustLevel> =
         changes.trust.iter().map(|(j, k, t)| ((j.as_str(), *k.as_bytes()), *t)).collect();
     // The `<key>` texts, in the order of `coverage.keyed`.
     let mut keys: Vec<String> = Vec::with_capacity(addrs.len());
@@ -436,8 +450,7 @@ pub fn encrypt_group_message(
     }
 
     // Members with no device that got a key (a set: members times devices would be quadratic).
-    let reached: std::collections::HashSet<&str, ahash::RandomState> =
-        coverage.keyed.iter().map(|(a, _)| a.jid.as_str()).collect();
+    let reached: FastSet<&str> = coverage.keyed.iter().map(|(a, _)| a.jid.as_str()).collect();
     let mut unreachable: Vec<String> =
         recipients.included.iter().filter(|j| **j != account.jid && !reached.contains(j.as_str())).cloned().collect();
     unreachable.sort();

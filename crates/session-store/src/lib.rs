@@ -77,4 +77,11 @@ pub use traits::{
     AccountStore, DeviceListStore, IdentityStore, LedgerStore, PreKeyStore, SessionStore, SignedPreKeyStore, Store,
 };
 pub use trust::TrustLevel;
+
+/// The hash maps with an entry per device (the store's read cache, a group send): keyed by JIDs that
+/// others choose, so with random keys (as std's SipHash), but quicker to compute for the thousands of
+/// lookups of every group send.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+/// The set of [`FastMap`].
+pub type FastSet<T> = std::collections::HashSet<T, ahash::RandomState>;
 pub use x3dh::{check_bundles, CheckedBundle, PreKeyBundle};

@@ -14,6 +14,7 @@ use crate::{
     ratchet::{SendState, SendStep, SessionRecord},
     traits::*,
     trust::TrustLevel,
+    FastMap,
 };
 
 /// The migrations, in order. Index + 1 is the schema version each one produces.
@@ -45,10 +46,6 @@ fn step_insert(rows: usize) -> String {
     }
     sql
 }
-
-/// The hash maps of the read cache: keyed by JIDs that others choose, so with random keys (as std's
-/// SipHash), but quicker to compute for the thousands of lookups of every group send.
-type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 /// A stored record with its delta (if any) applied.
 fn record_with_step(_id: i64, record: &[u8], step: Option<&[u8]>) -> Result<SessionRecord, StoreError> {
