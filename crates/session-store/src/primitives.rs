@@ -32,21 +32,19 @@ impl HmacKey {
     pub fn new(key: &[u8]) -> Self {
         let mut block = [0u8; 64];
         if key.len() > 64 {
-            let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(key).into();
+            let mut digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(key).into();
             block[..32].copy_from_slice(&digest);
+            digest.zeroize();
         } else {
             block[..key.len()].copy_from_slice(key);
         }
-        let mut pad = [0u8; 64];
+        // The inner pad block, then the outer one made from it in place: one buffer to wipe.
         let mut states = [SHA256_IV; 2];
-        for (state, byte) in states.iter_mut().zip([0x36u8, 0x5c]) {
-            for (p, k) in pad.iter_mut().zip(&block) {
-                *p = k ^ byte;
-            }
-            compress(state, &pad);
-        }
+        block.iter_mut().for_each(|b| *b ^= 0x36);
+        compress(&mut states[0], &block);
+        block.iter_mut().for_each(|b| *b ^= 0x36 ^ 0x5c);
+        compress(&mut states[1], &block);
         block.zeroize();
-        pad.zeroize();
         let [inner, outer] = states;
         Self { inner, outer }
     }
@@ -72,15 +70,13 @@ impl HmacKey {
                 }
             }
         }
-        let mut inner_hash = finish(&mut state, &mut block, fill, length);
+        let inner_hash = finish(&mut state, &mut block, fill, length);
         // The outer hash: its pad block (in the prepared state), then the inner hash in one block.
         let mut state = self.outer;
         block[..32].copy_from_slice(&inner_hash);
-        let mac = finish(&mut state, &mut block, 32, 96);
-        inner_hash.zeroize();
-        block.zeroize();
-        state.zeroize();
-        mac
+        // The stack copies of one MAC are left as the hash crates leave theirs (wiping them, byte by
+        // byte, cost more than the copies saved here); the key's states are wiped with the key.
+        finish(&mut state, &mut block, 32, 96)
     }
 }
 
