@@ -213,7 +213,7 @@ pub fn parse_bundle(elem: &Element) -> Result<PreKeyBundle, XmlError> {
                 no_text(child, "prekeys")?;
                 let mut keys = Vec::new();
                 for pk in child.children().filter(|c| c.is("pk", NS)) {
-                    keys.push((id_attr(pk, "pk")?, PublicKey::from_bytes(key32("pk", &base64_text(pk, "pk")?)?)));
+                    keys.push((id_attr(pk, "pk")?, PublicKey::from_bytes(base64_key32(pk, "pk")?)));
                 }
                 only_one(&mut prekeys, "prekeys", keys)?
             }
@@ -262,12 +262,51 @@ fn id_attr(elem: &Element, what: &'static str) -> Result<u32, XmlError> {
 
 /// The text of `elem` as standard base64, whitespace dropped.
 fn base64_text(elem: &Element, what: &'static str) -> Result<Vec<u8>, XmlError> {
-    use base64::Engine as _;
+    let mut out = Vec::new();
+    decode_base64_into(elem, what, |text| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.decode_vec(text, &mut out).map_err(|e| e.to_string())
+    })?;
+    Ok(out)
+}
+
+/// A 32-byte key as the text of `elem` (standard base64, whitespace dropped), decoded on the stack.
+fn base64_key32(elem: &Element, what: &'static str) -> Result<[u8; 32], XmlError> {
+    // 44 characters of base64 hold 32 bytes; the buffer has room for what any 44 decode to.
+    let mut buf = [0u8; 36];
+    let n = decode_base64_into(elem, what, |text| {
+        use base64::Engine as _;
+        if text.len() != 44 {
+            return Err(format!("{} characters of base64, expected 44 (32 bytes)", text.len()));
+        }
+        base64::engine::general_purpose::STANDARD.decode_slice(text, &mut buf).map_err(|e| e.to_string())
+    })?;
+    key32(what, buf.get(..n).unwrap_or_default())
+}
+
+/// The text of `elem` with whitespace dropped (borrowed when it is one text node without whitespace,
+/// as clients send it), and `decode` applied to it.
+fn decode_base64_into<T>(
+    elem: &Element,
+    what: &'static str,
+    decode: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, XmlError> {
+    let mut texts = elem.texts();
+    let text: std::borrow::Cow<'_, str> = match (texts.next(), texts.next()) {
+        (None, _) => "".into(),
+        (Some(t), None) if !t.bytes().any(|b| b.is_ascii_whitespace()) => t.into(),
+        _ => collect_text(elem).into(),
+    };
+    decode(&text).map_err(|e| invalid(what, e))
+}
+
+/// All text of `elem`, whitespace dropped.
+fn collect_text(elem: &Element) -> String {
     let mut text = String::new();
     for t in elem.texts() {
         text.extend(t.chars().filter(|c| !c.is_ascii_whitespace()));
     }
-    base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(|e| invalid(what, e))
+    text
 }
 
 /// [`parse_bundle`] through the derived [`Bundle`]: the reference it is checked against (tests, fuzz).
