@@ -183,13 +183,19 @@ fn missing_devices_block_by_default_and_best_effort_reports() {
     assert_eq!(msg.coverage.keyed[0].0.namespace, Namespace::Twomemo);
 }
 
-#[test]
-fn bad_bundle_excludes_only_that_device_and_budget_is_enforced() {
-    let mut w = mixed("bad-bundle");
+/// A mixed room before device 0's first send: its plan (every device needs a bundle) and carol's device.
+fn first_send_to_carol(name: &str) -> (W, fan_out_encryptor::group::GroupPlan, session_store::SessionAddress) {
+    let mut w = mixed(name);
     w.sync_device_lists(0).unwrap();
     let d = &w.devices[0];
     let plan = plan_group_message(&d.store, &d.room, fan_out_encryptor::NamespaceChoice::Auto).unwrap();
     let victim = plan.need_bundles.iter().find(|a| a.jid == "carol@example.org").unwrap().clone();
+    (w, plan, victim)
+}
+
+#[test]
+fn bad_bundle_excludes_only_that_device_and_budget_is_enforced() {
+    let (mut w, _, victim) = first_send_to_carol("bad-bundle");
     w.broken_bundles.insert(victim.clone());
     let m = w.best_effort(0, "with one bad bundle");
     // The rejected bundle left no trace: no session, no identity recorded for that device.
@@ -237,11 +243,7 @@ fn bad_bundle_excludes_only_that_device_and_budget_is_enforced() {
 #[test]
 fn a_distrusted_identity_in_a_bundle_builds_no_session() {
     use session_store::{Changes, IdentityStore, SessionStore, Store, TrustLevel};
-    let mut w = mixed("cold-distrust");
-    w.sync_device_lists(0).unwrap();
-    let d = &w.devices[0];
-    let plan = plan_group_message(&d.store, &d.room, fan_out_encryptor::NamespaceChoice::Auto).unwrap();
-    let victim = plan.need_bundles.iter().find(|a| a.jid == "carol@example.org").unwrap().clone();
+    let (mut w, plan, victim) = first_send_to_carol("cold-distrust");
     let bundles: Vec<_> = plan.need_bundles.iter().map(|a| (a.clone(), w.bundle(a))).collect();
     let carol_key = bundles.iter().find(|(a, _)| *a == victim).unwrap().1.as_ref().unwrap().identity_key;
     let decision =
