@@ -290,7 +290,11 @@ pub fn encrypt_group_message(
             fetched.iter().map(|(a, _)| SessionAddress::clone(a)).chain(due.iter().cloned()).collect();
         Ok((identities, store.sessions(&wanted)?))
     };
-    let (built, read) = beside(build_all, read_store);
+    // (Most sends have no bundle to build from: no helper thread then.)
+    let (built, read) = match fetched.is_empty() {
+        true => (Ok(Vec::new()), read_store()),
+        false => beside(build_all, read_store),
+    };
     let (identities, mut records) = read?;
     let built = built.map_err(EncryptError::Session)?;
     let due_records = records.split_off(fetched.len());

@@ -183,7 +183,6 @@ mod tests {
         assert!(hkdf_sha256(None, b"x", b"", &mut [0u8; 255 * 32 + 1]).is_err());
     }
 
-    /// RFC 4231 test cases 1, 2 and 6 (a key longer than a block).
     /// Keys and messages of every length around the block edges (the key hashed past 64 bytes; the
     /// padding in the same block or in one more), split into parts anywhere: the same MAC as the hmac
     /// crate's.
@@ -196,7 +195,7 @@ mod tests {
         for key_len in [0usize, 1, 31, 32, 55, 63, 64, 65, 100, 129] {
             let key = &data[200 - key_len..200];
             let ours = HmacKey::new(key);
-            for msg_len in (0..=200).step_by(1) {
+            for msg_len in 0..=200 {
                 let msg = &data[..msg_len];
                 let mut reference = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).unwrap();
                 reference.update(msg);
@@ -210,6 +209,7 @@ mod tests {
         }
     }
 
+    /// RFC 4231 test cases 1, 2 and 6 (a key longer than a block).
     #[test]
     fn hmac_rfc_4231() {
         let cases: [(&[u8], &[u8], &str); 3] = [

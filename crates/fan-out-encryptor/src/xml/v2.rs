@@ -206,9 +206,9 @@ pub fn parse_bundle(elem: &Element) -> Result<PreKeyBundle, XmlError> {
     no_text(elem, "bundle")?;
     for child in elem.children().filter(|c| c.ns() == NS) {
         match child.name() {
-            "spk" => only_one(&mut spk, "spk", (id_attr(child, "spk")?, base64_text(child, "spk")?))?,
+            "spk" => only_one(&mut spk, "spk", (id_attr(child, "spk")?, base64_key32(child, "spk")?))?,
             "spks" => only_one(&mut spks, "spks", base64_text(child, "spks")?)?,
-            "ik" => only_one(&mut ik, "ik", base64_text(child, "ik")?)?,
+            "ik" => only_one(&mut ik, "ik", base64_key32(child, "ik")?)?,
             "prekeys" => {
                 no_text(child, "prekeys")?;
                 let mut keys = Vec::new();
@@ -223,7 +223,7 @@ pub fn parse_bundle(elem: &Element) -> Result<PreKeyBundle, XmlError> {
     let missing = |what: &'static str| invalid("bundle", format!("no <{what}>"));
     let (spk_id, spk) = spk.ok_or_else(|| missing("spk"))?;
     let spks = spks.ok_or_else(|| missing("spks"))?;
-    let ik = key32("ik", &ik.ok_or_else(|| missing("ik"))?)?;
+    let ik = ik.ok_or_else(|| missing("ik"))?;
     let pre_keys = prekeys.ok_or_else(|| missing("prekeys"))?;
     if spks.len() != 64 {
         return Err(invalid("spks", format!("{} bytes", spks.len())));
@@ -232,7 +232,7 @@ pub fn parse_bundle(elem: &Element) -> Result<PreKeyBundle, XmlError> {
         identity_key: ed25519_to_curve25519(&ik).map_err(|e| invalid("ik", e))?,
         identity_key_ed25519: Some(ik),
         signed_pre_key_id: spk_id,
-        signed_pre_key: PublicKey::from_bytes(key32("spk", &spk)?),
+        signed_pre_key: PublicKey::from_bytes(spk),
         signed_pre_key_signature: spks,
         pre_keys,
     })

@@ -6,7 +6,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::{
     error::KeyError,
-    keys::{PreparedKey, PrivateKey, PublicKey, SharedSecret},
+    keys::{PrivateKey, PublicKey, SharedSecret},
     namespace::Namespace,
     primitives::{hkdf_sha256, hkdf_sha256_salted, no_salt, HmacKey},
 };
@@ -23,17 +23,7 @@ impl RootKey {
         their: &PublicKey,
         our: &PrivateKey,
     ) -> Result<(RootKey, ChainKey), KeyError> {
-        self.create_chain_prepared(ns, &their.prepare()?, our)
-    }
-
-    /// [`RootKey::create_chain`] with the peer's key made ready once for several agreements.
-    pub(crate) fn create_chain_prepared(
-        &self,
-        ns: Namespace,
-        their: &PreparedKey,
-        our: &PrivateKey,
-    ) -> Result<(RootKey, ChainKey), KeyError> {
-        Ok(self.chain_from(ns, &our.agree_prepared(their)?))
+        Ok(self.chain_from(ns, &our.agree(their)?))
     }
 
     /// The root step for an agreement already made.
