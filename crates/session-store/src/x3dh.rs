@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 
+use curve25519_dalek::edwards::EdwardsPoint;
 use rand_core::CryptoRngCore;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -62,18 +63,38 @@ impl PreKeyBundle {
     /// identity key's point; what is wrong before the equation (forms that disagree, not a point, small
     /// order, a malformed signature) is refused here.
     fn signed(&self, ns: Namespace) -> Result<xeddsa::Signed, SessionError> {
-        let signed = match ns {
-            Namespace::Oldmemo => xeddsa::Signed::xeddsa(
+        let ik = self.ed25519_identity(ns)?;
+        if let Some((point, _)) = &ik {
+            if point.to_montgomery().to_bytes() != *self.identity_key.as_bytes() {
+                return Err(FORMS_DISAGREE);
+            }
+        }
+        self.signed_with(ns, ik)
+    }
+
+    /// OMEMO 2: the published Ed25519 identity key, decoded (`None` for OMEMO 0.3, whose signature is
+    /// by the Curve25519 key). Whether it agrees with the Curve25519 identity is checked next, by the
+    /// caller ([`Self::signed`] alone, [`check_bundles`] for many with one inversion).
+    fn ed25519_identity(&self, ns: Namespace) -> Result<Option<EdIdentity>, SessionError> {
+        match ns {
+            Namespace::Oldmemo => Ok(None),
+            Namespace::Twomemo => {
+                let ik = self.identity_key_ed25519.ok_or(SessionError::BadBundle("no Ed25519 identity key"))?;
+                Ok(Some((crate::keys::ed25519_point(&ik)?, ik)))
+            }
+        }
+    }
+
+    /// [`Self::signed`] once the identity's forms agree; `ik` is what [`Self::ed25519_identity`] gave.
+    fn signed_with(&self, ns: Namespace, ik: Option<EdIdentity>) -> Result<xeddsa::Signed, SessionError> {
+        let signed = match (ns, ik) {
+            (Namespace::Oldmemo, _) => xeddsa::Signed::xeddsa(
                 &self.identity_key,
                 &self.signed_pre_key.serialize(),
                 &self.signed_pre_key_signature,
             ),
-            Namespace::Twomemo => {
-                let ik = self.identity_key_ed25519.ok_or(SessionError::BadBundle("no Ed25519 identity key"))?;
-                let point = crate::keys::ed25519_point(&ik)?;
-                if point.to_montgomery().to_bytes() != *self.identity_key.as_bytes() {
-                    return Err(SessionError::BadBundle("identity key forms disagree"));
-                }
+            (Namespace::Twomemo, None) => return Err(SessionError::BadBundle("no Ed25519 identity key")),
+            (Namespace::Twomemo, Some((point, ik))) => {
                 let sig: [u8; 64] = self
                     .signed_pre_key_signature
                     .as_slice()
@@ -125,8 +146,17 @@ impl std::fmt::Debug for CheckedBundle<'_> {
     }
 }
 
+/// A published Ed25519 identity key: its point and its encoding.
+type EdIdentity = (EdwardsPoint, [u8; 32]);
+
+/// An OMEMO 2 bundle whose `<ik>` is not the Ed25519 form of its Curve25519 identity.
+const FORMS_DISAGREE: SessionError = SessionError::BadBundle("identity key forms disagree");
+
 /// From this many bundles on, [`check_bundles`] checks signatures in batches.
 const BATCH_FROM: usize = 8;
+
+/// [`check_bundles`] compares this many identities' two forms with one inversion.
+const FORMS_CHUNK: usize = 64;
 
 /// Checks many bundles (each in its namespace): the signatures in batches, one multi-scalar
 /// multiplication per batch, spread over the cores; a batch that fails is checked one by one, so that
@@ -140,7 +170,35 @@ pub fn check_bundles<'a>(
     if bundles.len() < BATCH_FROM {
         return bundles.iter().map(|(b, ns)| b.check(*ns)).collect();
     }
-    let signed: Vec<Result<xeddsa::Signed, SessionError>> = bundles.par_iter().map(|(b, ns)| b.signed(*ns)).collect();
+    // The OMEMO 2 identities decoded, then compared with their Curve25519 forms a chunk at a time, each
+    // chunk's conversions sharing one inversion (the keys are public).
+    let identities: Vec<Result<Option<EdIdentity>, SessionError>> =
+        bundles.par_iter().map(|(b, ns)| b.ed25519_identity(*ns)).collect();
+    let forms_agree: Vec<bool> = identities
+        .par_chunks(FORMS_CHUNK)
+        .zip(bundles.par_chunks(FORMS_CHUNK))
+        .flat_map_iter(|(ids, asked)| {
+            let points: Vec<EdwardsPoint> =
+                ids.iter().filter_map(|id| id.as_ref().ok().and_then(|id| id.as_ref().map(|(p, _)| *p))).collect();
+            let mut u = EdwardsPoint::to_montgomery_batch(&points).into_iter();
+            ids.iter()
+                .zip(asked)
+                .map(|(id, (bundle, _))| match id {
+                    Ok(Some(_)) => u.next().is_some_and(|u| u.to_bytes() == *bundle.identity_key.as_bytes()),
+                    _ => true,
+                })
+                .collect::<Vec<bool>>()
+        })
+        .collect();
+    let signed: Vec<Result<xeddsa::Signed, SessionError>> = bundles
+        .par_iter()
+        .zip(identities)
+        .zip(forms_agree)
+        .map(|(((b, ns), id), agree)| match agree {
+            true => b.signed_with(*ns, id?),
+            false => Err(FORMS_DISAGREE),
+        })
+        .collect();
     // The well-formed ones, in batches (one per core, at least `BATCH_FROM` each), each with its own
     // generator for the random coefficients.
     let ok: Vec<usize> = signed.iter().enumerate().filter(|(_, s)| s.is_ok()).map(|(i, _)| i).collect();
@@ -324,24 +382,32 @@ mod tests {
 
     /// A batch answers each bundle as checking it alone does: good ones pass, and each bad one (a
     /// flipped bit in R or in s, a short signature, identity forms that disagree, another namespace's
-    /// signature) gets the error it gets alone, wherever it stands in the batch.
+    /// signature) gets the error it gets alone, wherever it stands in the batch, also across the chunks
+    /// in which the identities' forms are compared.
     #[test]
     fn batch_answers_each_bundle_as_alone() {
         let mut rng = ChaCha20Rng::seed_from_u64(21);
         let good = bundles(&mut rng);
-        let mut all: Vec<(PreKeyBundle, Namespace)> = (0..40).map(|i| good[i % good.len()].clone()).collect();
-        all[3].0.signed_pre_key_signature[2] ^= 1;
-        all[17].0.signed_pre_key_signature[40] ^= 1;
-        all[18].0.signed_pre_key_signature.truncate(63);
-        all[25].0.identity_key = good[2].0.identity_key;
-        all[31].1 = match all[31].1 {
-            Namespace::Oldmemo => Namespace::Twomemo,
-            Namespace::Twomemo => Namespace::Oldmemo,
-        };
-        all[39].0.signed_pre_key = good[0].0.signed_pre_key;
-        let mut identity_point = [0u8; 32];
-        identity_point[0] = 1;
-        all[9].0.identity_key_ed25519 = Some(identity_point);
+        let mut all: Vec<(PreKeyBundle, Namespace)> = (0..140).map(|i| good[i % good.len()].clone()).collect();
+        let mut expected = Vec::new();
+        // (Each base is even: a bundle keeps its namespace, which alternates with the index.)
+        for base in [0, 50, 100] {
+            all[base + 3].0.signed_pre_key_signature[2] ^= 1;
+            all[base + 17].0.signed_pre_key_signature[40] ^= 1;
+            all[base + 18].0.signed_pre_key_signature.truncate(63);
+            // Another account's identity.
+            all[base + 25].0.identity_key = good[(base + 25 + 2) % good.len()].0.identity_key;
+            all[base + 31].1 = match all[base + 31].1 {
+                Namespace::Oldmemo => Namespace::Twomemo,
+                Namespace::Twomemo => Namespace::Oldmemo,
+            };
+            all[base + 39].0.signed_pre_key = good[(base + 39 + 2) % good.len()].0.signed_pre_key;
+            let mut identity_point = [0u8; 32];
+            identity_point[0] = 1;
+            all[base + 9].0.identity_key_ed25519 = Some(identity_point);
+            expected.extend([3, 9, 17, 18, 25, 31, 39].map(|i| base + i));
+        }
+        expected.sort();
         let refs: Vec<(&PreKeyBundle, Namespace)> = all.iter().map(|(b, ns)| (b, *ns)).collect();
         let batch = check_bundles(&refs, &mut rng);
         let mut bad = Vec::new();
@@ -352,11 +418,13 @@ mod tests {
                 bad.push(i);
             }
         }
-        assert_eq!(bad, vec![3, 9, 17, 18, 25, 31, 39]);
+        assert_eq!(bad, expected);
         // Each says what is wrong.
-        assert_eq!(batch[9].as_ref().err(), Some(&SessionError::Key(crate::KeyError::LowOrderPoint)));
-        assert_eq!(batch[25].as_ref().err(), Some(&SessionError::BadBundle("identity key forms disagree")));
-        assert_eq!(batch[3].as_ref().err(), Some(&SessionError::BadBundleSignature));
+        for base in [0, 50, 100] {
+            assert_eq!(batch[base + 9].as_ref().err(), Some(&SessionError::Key(crate::KeyError::LowOrderPoint)));
+            assert_eq!(batch[base + 25].as_ref().err(), Some(&FORMS_DISAGREE));
+            assert_eq!(batch[base + 3].as_ref().err(), Some(&SessionError::BadBundleSignature));
+        }
         // The identity point the check keeps agrees as the identity key does (X3DH's DH2 uses it).
         let probe = crate::PrivateKey::generate(&mut rng);
         for (got, (b, _)) in batch.iter().zip(&refs) {
