@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use curve25519_dalek::edwards::EdwardsPoint;
+use curve25519_dalek::{edwards::EdwardsPoint, montgomery::MontgomeryPoint};
 use rand_core::CryptoRngCore;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -65,11 +65,16 @@ impl PreKeyBundle {
     fn signed(&self, ns: Namespace) -> Result<xeddsa::Signed, SessionError> {
         let ik = self.ed25519_identity(ns)?;
         if let Some((point, _)) = &ik {
-            if point.to_montgomery().to_bytes() != *self.identity_key.as_bytes() {
+            if !self.is_identity(&point.to_montgomery()) {
                 return Err(FORMS_DISAGREE);
             }
         }
-        self.signed_with(ns, ik)
+        self.signed_with(ik)
+    }
+
+    /// Whether `u` (an Ed25519 identity converted) is this bundle's Curve25519 identity.
+    fn is_identity(&self, u: &MontgomeryPoint) -> bool {
+        u.to_bytes() == *self.identity_key.as_bytes()
     }
 
     /// OMEMO 2: the published Ed25519 identity key, decoded (`None` for OMEMO 0.3, whose signature is
@@ -85,16 +90,16 @@ impl PreKeyBundle {
         }
     }
 
-    /// [`Self::signed`] once the identity's forms agree; `ik` is what [`Self::ed25519_identity`] gave.
-    fn signed_with(&self, ns: Namespace, ik: Option<EdIdentity>) -> Result<xeddsa::Signed, SessionError> {
-        let signed = match (ns, ik) {
-            (Namespace::Oldmemo, _) => xeddsa::Signed::xeddsa(
+    /// [`Self::signed`] once the identity's forms agree; `ik` is what [`Self::ed25519_identity`] gave
+    /// (`None`: OMEMO 0.3, XEdDSA by the Curve25519 key; else OMEMO 2, Ed25519 by `<ik>`).
+    fn signed_with(&self, ik: Option<EdIdentity>) -> Result<xeddsa::Signed, SessionError> {
+        let signed = match ik {
+            None => xeddsa::Signed::xeddsa(
                 &self.identity_key,
                 &self.signed_pre_key.serialize(),
                 &self.signed_pre_key_signature,
             ),
-            (Namespace::Twomemo, None) => return Err(SessionError::BadBundle("no Ed25519 identity key")),
-            (Namespace::Twomemo, Some((point, ik))) => {
+            Some((point, ik)) => {
                 let sig: [u8; 64] = self
                     .signed_pre_key_signature
                     .as_slice()
@@ -184,7 +189,7 @@ pub fn check_bundles<'a>(
             ids.iter()
                 .zip(asked)
                 .map(|(id, (bundle, _))| match id {
-                    Ok(Some(_)) => u.next().is_some_and(|u| u.to_bytes() == *bundle.identity_key.as_bytes()),
+                    Ok(Some(_)) => u.next().is_some_and(|u| bundle.is_identity(&u)),
                     _ => true,
                 })
                 .collect::<Vec<bool>>()
@@ -192,10 +197,11 @@ pub fn check_bundles<'a>(
         .collect();
     let signed: Vec<Result<xeddsa::Signed, SessionError>> = bundles
         .par_iter()
+        .map(|(b, _)| *b)
         .zip(identities)
         .zip(forms_agree)
-        .map(|(((b, ns), id), agree)| match agree {
-            true => b.signed_with(*ns, id?),
+        .map(|((b, id), agree)| match agree {
+            true => b.signed_with(id?),
             false => Err(FORMS_DISAGREE),
         })
         .collect();
