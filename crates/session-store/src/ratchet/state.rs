@@ -582,7 +582,7 @@ impl SendState {
                         &our.ed25519,
                         &self.base_key,
                         &msg,
-                    )?,
+                    ),
                     None => msg,
                 }
             }

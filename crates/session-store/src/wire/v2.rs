@@ -52,6 +52,22 @@ struct KeyExchangeProto {
     message: Option<AuthenticatedProto>,
 }
 
+/// [`KeyExchangeProto`] as we write it: the same fields, the message as its encoded bytes (the same
+/// bytes on the wire as the nested message).
+#[derive(Clone, PartialEq, Message)]
+struct KeyExchangeOut {
+    #[prost(uint32, optional, tag = "1")]
+    pk_id: Option<u32>,
+    #[prost(uint32, optional, tag = "2")]
+    spk_id: Option<u32>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    ik: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    ek: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "5")]
+    message: Option<Vec<u8>>,
+}
+
 /// A parsed OMEMOAuthenticatedMessage with its OMEMOMessage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthenticatedMessage {
@@ -155,23 +171,24 @@ impl KeyExchange {
         })
     }
 
-    /// Serializes an OMEMOKeyExchange around an already serialized OMEMOAuthenticatedMessage.
+    /// Serializes an OMEMOKeyExchange around an already serialized OMEMOAuthenticatedMessage. A message
+    /// field is written as its length-delimited bytes, so `authenticated` goes in as it is (no decoding
+    /// and encoding again).
     pub fn encode(
         pre_key_id: u32,
         signed_pre_key_id: u32,
         identity_key: &[u8; 32],
         base_key: &PublicKey,
         authenticated: &[u8],
-    ) -> Result<Vec<u8>, SessionError> {
-        let message = AuthenticatedProto::decode(authenticated).map_err(decode_err("own OMEMOAuthenticatedMessage"))?;
-        Ok(KeyExchangeProto {
+    ) -> Vec<u8> {
+        KeyExchangeOut {
             pk_id: Some(pre_key_id),
             spk_id: Some(signed_pre_key_id),
             ik: Some(identity_key.to_vec()),
             ek: Some(base_key.as_bytes().to_vec()),
-            message: Some(message),
+            message: Some(authenticated.to_vec()),
         }
-        .encode_to_vec())
+        .encode_to_vec()
     }
 }
 
@@ -188,7 +205,16 @@ mod tests {
         let parsed = AuthenticatedMessage::parse(&a).unwrap();
         assert_eq!((parsed.counter, parsed.previous_counter, parsed.ratchet_key), (5, 4, rk));
         assert_eq!(parsed.authenticated, m);
-        let k = KeyExchange::encode(7, 2, &[4; 32], &PublicKey::from_bytes([5; 32]), &a).unwrap();
+        let k = KeyExchange::encode(7, 2, &[4; 32], &PublicKey::from_bytes([5; 32]), &a);
+        // The same bytes as encoding the nested message.
+        let nested = KeyExchangeProto {
+            pk_id: Some(7),
+            spk_id: Some(2),
+            ik: Some(vec![4; 32]),
+            ek: Some(vec![5; 32]),
+            message: Some(AuthenticatedProto::decode(a.as_slice()).unwrap()),
+        };
+        assert_eq!(k, nested.encode_to_vec());
         let pk = KeyExchange::parse(&k).unwrap();
         assert_eq!((pk.pre_key_id, pk.signed_pre_key_id, pk.identity_key), (7, 2, [4; 32]));
         assert_eq!(pk.message, parsed);
