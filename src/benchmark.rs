@@ -193,8 +193,14 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
+/// The most messages a steady-state run measures. Its members never answer, and a device that did not
+/// answer [`session_store::ratchet::STALE_AFTER`] messages is left out as stale (XEP-0384): with the
+/// message that is not counted, 105 is the last run in which every member still gets a key.
+pub const MAX_STEADY_RUNS: usize = session_store::ratchet::STALE_AFTER as usize - 1;
+
 /// Measures the send path for `devices` recipients: the median over `runs` messages (default 5 cold, 9
-/// steady), after one that is not counted. A cold run starts each message from a store without sessions.
+/// steady; at most [`MAX_STEADY_RUNS`] steady), after one that is not counted. A cold run starts each
+/// message from a store without sessions.
 pub fn measure(
     devices: usize,
     sqlite: bool,
@@ -203,6 +209,14 @@ pub fn measure(
     rng: &mut impl CryptoRngCore,
 ) -> Result<FanOutFigures, Box<dyn std::error::Error>> {
     let runs = runs.unwrap_or(if cold { 5 } else { 9 }).max(1);
+    if !cold && runs > MAX_STEADY_RUNS {
+        return Err(format!(
+            "{runs} messages in the steady state: at most {MAX_STEADY_RUNS} (the members never answer, and \
+             after {} unanswered messages a device counts as stale)",
+            session_store::ratchet::STALE_AFTER
+        )
+        .into());
+    }
     let mut times = Vec::with_capacity(runs);
     if sqlite {
         let dir = std::env::temp_dir().join(format!("omemo-muc-bench-{}", std::process::id()));

@@ -214,6 +214,27 @@ fn bench_fanout_reports_figures() {
     assert!(out.contains("cold start"), "{out}");
     assert_eq!(tool(&["bench", "fanout", "--devices", "2", "--store", "disk"], None).0, 1);
     assert_eq!(tool(&["bench", "other"], None).0, 1);
+    // A steady-state run goes up to the last message before its members (who never answer) turn stale,
+    // and refuses one more with the reason instead of failing on 'no usable device'.
+    let max = omemo_muc::benchmark::MAX_STEADY_RUNS.to_string();
+    let (code, out, err) =
+        tool(&["bench", "fanout", "--devices", "2", "--store", "memory", "--runs", &max, "--json"], None);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["runs"].to_string(), max);
+    let over = (omemo_muc::benchmark::MAX_STEADY_RUNS + 1).to_string();
+    let (code, _, err) = tool(&["bench", "fanout", "--devices", "2", "--store", "memory", "--runs", &over], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("stale") && !err.contains("no usable device"), "{err}");
+    // The library says the same to a caller that skips the command line.
+    let refused = omemo_muc::benchmark::measure(
+        2,
+        false,
+        false,
+        Some(omemo_muc::benchmark::MAX_STEADY_RUNS + 1),
+        &mut rand_core::OsRng,
+    );
+    assert!(refused.is_err_and(|e| e.to_string().contains("stale")));
 }
 
 /// Two devices of one account with the same device id: the second one to publish moves to a new id
