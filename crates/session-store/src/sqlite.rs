@@ -64,7 +64,7 @@ pub struct SqliteStore<C: BorrowMut<Connection>> {
     cache: std::cell::RefCell<ReadCache>,
 }
 
-/// What a group send reads (send states, device lists, trust), kept so that the next send of the same
+/// What a group send reads (the account, send states, device lists, trust), kept so that the next send of the same
 /// room reads only what changed. Kept in step with every change set this store commits (a stored step
 /// is applied to the cached send state; a written record, device list or trust decision replaces what
 /// was kept); dropped whole when another connection committed to the database (`PRAGMA data_version`
@@ -84,6 +84,9 @@ struct ReadCache {
     trust: FastMap<String, FastMap<[u8; 32], Option<TrustLevel>>>,
     /// Entries kept (all maps).
     entries: usize,
+    /// The account (`Some(None)`: read, and there is none). Every send reads it, and building it derives
+    /// the public key and its Ed25519 form (a base-point multiplication and a conversion).
+    account: Option<Option<Account>>,
 }
 
 /// A stored session as the read cache keeps it.
@@ -275,6 +278,19 @@ fn spk_row(
 
 impl<C: BorrowMut<Connection>> AccountStore for SqliteStore<C> {
     fn account(&self) -> Result<Option<Account>, StoreError> {
+        let mut cache = self.fresh_cache()?;
+        if let Some(kept) = &cache.account {
+            return Ok(kept.clone());
+        }
+        let read = self.read_account()?;
+        cache.account = Some(read.clone());
+        Ok(read)
+    }
+}
+
+impl<C: BorrowMut<Connection>> SqliteStore<C> {
+    /// [`AccountStore::account`] from the database.
+    fn read_account(&self) -> Result<Option<Account>, StoreError> {
         let row = self
             .c()
             .query_row(
@@ -930,6 +946,9 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
         // Committed: the cached send states follow (a written record is read again when asked for; a
         // step moves the cached chain on, as reading the record with it would).
         let cache = self.cache.get_mut();
+        if account.is_some() {
+            cache.account = None;
+        }
         for (addr, _) in sessions {
             cache.forget_session(addr);
         }

@@ -819,6 +819,15 @@ mod sqlite_store {
         other.apply(&ch).unwrap();
         assert_eq!(agree(&p.a), vec![None, Some(TrustLevel::Distrusted), Some(TrustLevel::Verified)]);
         assert_eq!(p.a.device_lists(p.ns, &jids).unwrap(), vec![Some(vec![4]), None, Some(vec![8])]);
+        // The account, kept the same way: written here, written by the other connection.
+        let mut acc = p.a.account().unwrap().unwrap();
+        acc.next_pre_key_id += 10;
+        p.a.apply(&Changes { account: Some(acc.clone()), ..Changes::default() }).unwrap();
+        assert_eq!(p.a.account().unwrap().unwrap().next_pre_key_id, acc.next_pre_key_id);
+        acc.next_pre_key_id += 10;
+        other.apply(&Changes { account: Some(acc.clone()), ..Changes::default() }).unwrap();
+        let kept = p.a.account().unwrap().unwrap();
+        assert_eq!((kept.next_pre_key_id, kept.local_identity()), (acc.next_pre_key_id, our));
         drop((p, other));
         let _ = std::fs::remove_dir_all(&dir);
     }
