@@ -167,24 +167,20 @@ impl GroupMessage {
 /// session's advanced sending chain, or why not.
 type WrapResult = Result<(String, bool, session_store::SendStep), SessionError>;
 
-/// Runs `parallel` (work for the rayon pool) as a job of the pool while `here` runs on this thread,
-/// which alone reads the store (a store need not be shared between threads, so `here` need not be
-/// `Send`). No thread is started: the job is queued to the pool's workers, and this thread waits for it
-/// after `here` (a thread of the pool runs pool work meanwhile, so it cannot deadlock).
+/// Runs `parallel` (work for the rayon pool) on a scoped helper thread while `here` runs on this thread,
+/// which alone reads the store (a store need not be shared between threads). Called from a thread of
+/// the pool, the two run one after the other: waiting there for the helper could hold the only worker
+/// its work needs.
 fn beside<A: Send, B>(parallel: impl FnOnce() -> A + Send, here: impl FnOnce() -> B) -> (Result<A, SessionError>, B) {
-    // What the job leaves here; the scope ends only after its job did.
-    let mut out = Err(SessionError::Internal("the parallel part of a group send panicked"));
-    let here = rayon::in_place_scope(|scope| {
-        let out = &mut out;
-        // A panic in the job (none is expected) is reported, not carried into the caller.
-        scope.spawn(move |_| {
-            if let Ok(a) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(parallel)) {
-                *out = Ok(a);
-            }
-        });
-        here()
-    });
-    (out, here)
+    if rayon::current_thread_index().is_some() {
+        return (Ok(parallel()), here());
+    }
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(parallel);
+        let here = here();
+        // A panic in the parallel work (none is expected) is reported, not carried into the caller.
+        (helper.join().map_err(|_| SessionError::Internal("the parallel part of a group send panicked")), here)
+    })
 }
 
 /// The generator of one device's session (or of the batch check): stream `n` of ChaCha20 with `seed`.
