@@ -201,14 +201,6 @@ fn bench(args: &Args) -> Result<String, CliError> {
                 .ok_or_else(|| CliError::usage("--runs must be a number from 1 to 10000"))?,
         ),
     };
-    if let Some(r) = runs.filter(|&r| !has("--cold") && r > omemo_muc::benchmark::MAX_STEADY_RUNS) {
-        return Err(CliError::usage(format!(
-            "--runs {r}: a steady-state run measures at most {} messages (its members never answer, and a \
-             device that did not answer {} messages counts as stale)",
-            omemo_muc::benchmark::MAX_STEADY_RUNS,
-            session_store::ratchet::STALE_AFTER
-        )));
-    }
     let f = omemo_muc::benchmark::measure(devices, sqlite, has("--cold"), runs, &mut rand_core::OsRng)
         .map_err(|e| CliError::usage(format!("benchmark failed: {e}")))?;
     Ok(if has("--json") {
