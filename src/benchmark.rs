@@ -166,6 +166,11 @@ pub struct FanOutFigures {
     /// The fastest message, milliseconds (steadier than the median on a machine shared with others: use
     /// it to compare two builds).
     pub min_ms: f64,
+    /// The mean, milliseconds: unlike the median it includes the occasional slow message (with SQLite,
+    /// the one whose commit copies the write-ahead log back into the database).
+    pub mean_ms: f64,
+    /// The slowest message, milliseconds.
+    pub max_ms: f64,
     /// The same per recipient device, microseconds.
     pub per_device_us: f64,
     /// Messages measured.
@@ -269,6 +274,8 @@ pub fn measure(
     }
     let peak_rss_mib = peak_rss_mib();
     let min_ms = times.iter().min().copied().unwrap_or_default().as_secs_f64() * 1e3;
+    let max_ms = times.iter().max().copied().unwrap_or_default().as_secs_f64() * 1e3;
+    let mean_ms = times.iter().sum::<Duration>().as_secs_f64() * 1e3 / times.len().max(1) as f64;
     let m = median(times);
     Ok(FanOutFigures {
         peak_rss_mib,
@@ -277,6 +284,8 @@ pub fn measure(
         cold,
         median_ms: m.as_secs_f64() * 1e3,
         min_ms,
+        mean_ms,
+        max_ms,
         per_device_us: m.as_secs_f64() * 1e6 / devices.max(1) as f64,
         runs,
     })

@@ -205,19 +205,22 @@ fn bench(args: &Args) -> Result<String, CliError> {
         .map_err(|e| CliError::usage(format!("benchmark failed: {e}")))?;
     Ok(if has("--json") {
         json!({"devices": f.devices, "store": f.store, "cold": f.cold, "median_ms": f.median_ms,
-               "min_ms": f.min_ms, "per_device_us": f.per_device_us, "runs": f.runs,
+               "min_ms": f.min_ms, "mean_ms": f.mean_ms, "max_ms": f.max_ms,
+               "per_device_us": f.per_device_us, "runs": f.runs,
                "peak_rss_mib": f.peak_rss_mib})
         .to_string()
     } else {
         format!(
-            "{} devices, {} store, {}: median {:.2} ms per message ({:.2} µs per device, fastest {:.2} ms) over {} \
-             messages{}",
+            "{} devices, {} store, {}: median {:.2} ms per message ({:.2} µs per device, fastest {:.2} ms, mean \
+             {:.2} ms, slowest {:.2} ms) over {} messages{}",
             f.devices,
             f.store,
             if f.cold { "cold start" } else { "steady state" },
             f.median_ms,
             f.per_device_us,
             f.min_ms,
+            f.mean_ms,
+            f.max_ms,
             f.runs,
             f.peak_rss_mib.map(|m| format!("; peak resident memory {m:.1} MiB")).unwrap_or_default()
         )

@@ -209,6 +209,9 @@ fn bench_fanout_reports_figures() {
     assert_eq!(v["devices"], 3);
     assert_eq!(v["store"], "memory");
     assert!(v["median_ms"].as_f64().unwrap() > 0.0 && v["runs"].as_u64().unwrap() > 0);
+    let (min, mean, max) =
+        (v["min_ms"].as_f64().unwrap(), v["mean_ms"].as_f64().unwrap(), v["max_ms"].as_f64().unwrap());
+    assert!(min <= mean && mean <= max && min <= v["median_ms"].as_f64().unwrap(), "{v}");
     let (code, out, _) = tool(&["bench", "fanout", "--devices", "2", "--store", "sqlite", "--cold"], None);
     assert_eq!(code, 0);
     assert!(out.contains("cold start"), "{out}");
