@@ -166,8 +166,8 @@ pub struct FanOutFigures {
     /// The fastest message, milliseconds (steadier than the median on a machine shared with others: use
     /// it to compare two builds).
     pub min_ms: f64,
-    /// The mean, milliseconds: unlike the median it includes the occasional slow message (with SQLite,
-    /// the one whose commit copies the write-ahead log back into the database).
+    /// The mean, milliseconds: unlike the median it includes the occasional slow message (a slow commit,
+    /// for instance).
     pub mean_ms: f64,
     /// The slowest message, milliseconds.
     pub max_ms: f64,

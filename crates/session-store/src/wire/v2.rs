@@ -52,22 +52,6 @@ struct KeyExchangeProto {
     message: Option<AuthenticatedProto>,
 }
 
-/// [`KeyExchangeProto`] as we write it: the same fields, the message as its encoded bytes (the same
-/// bytes on the wire as the nested message).
-#[derive(Clone, PartialEq, Message)]
-struct KeyExchangeOut {
-    #[prost(uint32, optional, tag = "1")]
-    pk_id: Option<u32>,
-    #[prost(uint32, optional, tag = "2")]
-    spk_id: Option<u32>,
-    #[prost(bytes = "vec", optional, tag = "3")]
-    ik: Option<Vec<u8>>,
-    #[prost(bytes = "vec", optional, tag = "4")]
-    ek: Option<Vec<u8>>,
-    #[prost(bytes = "vec", optional, tag = "5")]
-    message: Option<Vec<u8>>,
-}
-
 /// A parsed OMEMOAuthenticatedMessage with its OMEMOMessage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthenticatedMessage {
@@ -172,8 +156,8 @@ impl KeyExchange {
     }
 
     /// Serializes an OMEMOKeyExchange around an already serialized OMEMOAuthenticatedMessage. A message
-    /// field is written as its length-delimited bytes, so `authenticated` goes in as it is (no decoding
-    /// and encoding again).
+    /// field is its length-delimited bytes on the wire, and prost writes fields in tag order: fields 1
+    /// to 4, then `authenticated` as field 5 as it is (no decoding and encoding again).
     pub fn encode(
         pre_key_id: u32,
         signed_pre_key_id: u32,
@@ -181,14 +165,19 @@ impl KeyExchange {
         base_key: &PublicKey,
         authenticated: &[u8],
     ) -> Vec<u8> {
-        KeyExchangeOut {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let mut out = KeyExchangeProto {
             pk_id: Some(pre_key_id),
             spk_id: Some(signed_pre_key_id),
             ik: Some(identity_key.to_vec()),
             ek: Some(base_key.as_bytes().to_vec()),
-            message: Some(authenticated.to_vec()),
+            message: None,
         }
-        .encode_to_vec()
+        .encode_to_vec();
+        encode_key(5, WireType::LengthDelimited, &mut out);
+        encode_varint(authenticated.len() as u64, &mut out);
+        out.extend_from_slice(authenticated);
+        out
     }
 }
 
