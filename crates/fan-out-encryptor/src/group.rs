@@ -390,17 +390,19 @@ pub fn encrypt_group_message(
             states
                 .into_par_iter()
                 .zip(addrs.par_iter())
-                .map(|(mut state, addr)| {
+                // One buffer for the bytes of many devices' key elements (one per piece of the work).
+                .map_init(Vec::new, |data, (mut state, addr)| {
                     let secret: &[u8] = match addr.namespace {
                         Namespace::Oldmemo => old.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
                         _ => new.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
                     };
-                    state.encrypt(our, secret).map(|(data, kex)| {
+                    data.clear();
+                    state.encrypt_into(our, secret, data).map(|kex| {
                         // A `<key>` is about 1.4 times its data (base64) plus its attributes.
                         let mut key = String::with_capacity(data.len() * 4 / 3 + 48);
                         match addr.namespace {
-                            Namespace::Oldmemo => crate::xml::v0_3::write_key(&mut key, addr.device, kex, &data),
-                            _ => crate::xml::v2::write_key(&mut key, addr.device, kex.then_some(true), &data),
+                            Namespace::Oldmemo => crate::xml::v0_3::write_key(&mut key, addr.device, kex, data),
+                            _ => crate::xml::v2::write_key(&mut key, addr.device, kex.then_some(true), data),
                         }
                         (key, kex, state.step())
                     })

@@ -150,6 +150,28 @@ pub fn aes256_cbc_encrypt(key: &[u8; 32], iv: &[u8; 16], plaintext: &[u8]) -> Ve
     cbc::Encryptor::<aes::Aes256Enc>::new(key.into(), iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plaintext)
 }
 
+/// The length of the AES-256-CBC/PKCS#7 ciphertext of `plaintext_len` bytes.
+pub fn cbc_len(plaintext_len: usize) -> usize {
+    (plaintext_len / 16 + 1) * 16
+}
+
+/// [`aes256_cbc_encrypt`], appending the ciphertext ([`cbc_len`] bytes) to `out`. (The space appended is
+/// what the padding needs: the error cannot happen.)
+pub fn aes256_cbc_encrypt_into(
+    key: &[u8; 32],
+    iv: &[u8; 16],
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), &'static str> {
+    let at = out.len();
+    out.resize(at + cbc_len(plaintext.len()), 0);
+    let space = out.get_mut(at..).ok_or("no space for the ciphertext")?;
+    cbc::Encryptor::<aes::Aes256Enc>::new(key.into(), iv.into())
+        .encrypt_padded_b2b_mut::<Pkcs7>(plaintext, space)
+        .map(|_| ())
+        .map_err(|_| "no space for the padding")
+}
+
 /// AES-256-CBC decryption; `None` when the padding is wrong.
 pub fn aes256_cbc_decrypt(key: &[u8; 32], iv: &[u8; 16], ciphertext: &[u8]) -> Option<Vec<u8>> {
     cbc::Decryptor::<aes::Aes256Dec>::new(key.into(), iv.into()).decrypt_padded_vec_mut::<Pkcs7>(ciphertext).ok()
@@ -256,6 +278,10 @@ mod tests {
             let pt = vec![9u8; len];
             let ct = aes256_cbc_encrypt(&key, &iv, &pt);
             assert_eq!(ct.len(), (len / 16 + 1) * 16);
+            assert_eq!(ct.len(), cbc_len(len));
+            let mut appended = vec![1, 2, 3];
+            aes256_cbc_encrypt_into(&key, &iv, &pt, &mut appended).unwrap();
+            assert_eq!((&appended[..3], &appended[3..]), (&[1u8, 2, 3][..], &ct[..]));
             assert_eq!(aes256_cbc_decrypt(&key, &iv, &ct).unwrap(), pt);
         }
         assert_eq!(aes256_cbc_decrypt(&[5u8; 32], &iv, &aes256_cbc_encrypt(&key, &iv, b"x")), None);

@@ -13,7 +13,7 @@ use crate::{
     error::SessionError,
     keys::{ct_eq, KeyPair, PrivateKey, PublicKey},
     namespace::Namespace,
-    primitives::{aes256_cbc_decrypt, aes256_cbc_encrypt},
+    primitives::{aes256_cbc_decrypt, aes256_cbc_encrypt_into, cbc_len},
     wire::{
         v0_3::{self, PreKeySignalMessage, SignalMessage},
         v2::{self, AuthenticatedMessage, KeyExchange},
@@ -88,8 +88,9 @@ impl<'a> From<&'a AuthenticatedMessage> for Incoming<'a> {
     }
 }
 
-fn cbc_encrypt(keys: &MessageKeys, plaintext: &[u8]) -> Vec<u8> {
-    aes256_cbc_encrypt(&keys.cipher_key, &keys.iv, plaintext)
+/// Appends the AES-256-CBC/PKCS#7 ciphertext of `plaintext` under the message keys.
+fn cbc_encrypt(keys: &MessageKeys, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), SessionError> {
+    aes256_cbc_encrypt_into(&keys.cipher_key, &keys.iv, plaintext, out).map_err(SessionError::Internal)
 }
 
 /// Checks `mac` against HMAC-SHA-256(mac_key, parts) truncated to its length (constant time), then
@@ -102,8 +103,9 @@ fn check_and_decrypt(keys: &MessageKeys, parts: &[&[u8]], msg: &Incoming<'_>) ->
     aes256_cbc_decrypt(&keys.cipher_key, &keys.iv, msg.ciphertext).ok_or(SessionError::BadCiphertext)
 }
 
-/// Builds a SignalMessage: `0x33 ‖ proto ‖ HMAC(mac_key, sender_ik ‖ receiver_ik ‖ 0x33 ‖ proto)[..8]`, the
-/// ciphertext being AES-256-CBC/PKCS#7 under the message keys.
+/// Appends a SignalMessage to `out`: `0x33 ‖ proto ‖ HMAC(mac_key, sender_ik ‖ receiver_ik ‖ 0x33 ‖
+/// proto)[..8]`, the ciphertext being AES-256-CBC/PKCS#7 under the message keys. Written in place: a group
+/// send wraps a key for thousands of devices, each into one buffer.
 pub(crate) fn seal_0_3(
     keys: &MessageKeys,
     ratchet: &PublicKey,
@@ -111,12 +113,16 @@ pub(crate) fn seal_0_3(
     sender_identity: &PublicKey,
     receiver_identity: &PublicKey,
     plaintext: &[u8],
-) -> Vec<u8> {
-    let ciphertext = cbc_encrypt(keys, plaintext);
-    let mut msg = SignalMessage::encode_unauthenticated(ratchet, keys.counter, previous_counter, &ciphertext);
-    let mac = hmac_sha256(&keys.mac_key, &[&sender_identity.serialize(), &receiver_identity.serialize(), &msg]);
-    msg.extend_from_slice(&mac[..v0_3::MAC_LEN]);
-    msg
+    out: &mut Vec<u8>,
+) -> Result<(), SessionError> {
+    let at = out.len();
+    out.reserve(SignalMessage::HEAD_MAX + cbc_len(plaintext.len()) + v0_3::MAC_LEN);
+    SignalMessage::write_head(out, ratchet, keys.counter, previous_counter, cbc_len(plaintext.len()));
+    cbc_encrypt(keys, plaintext, out)?;
+    let msg = out.get(at..).unwrap_or_default();
+    let mac = hmac_sha256(&keys.mac_key, &[&sender_identity.serialize(), &receiver_identity.serialize(), msg]);
+    out.extend_from_slice(&mac[..v0_3::MAC_LEN]);
+    Ok(())
 }
 
 /// Checks a SignalMessage's 8-byte MAC (sender ‖ receiver identities) and decrypts its ciphertext.
@@ -132,19 +138,29 @@ pub(crate) fn open_0_3(
     check_and_decrypt(keys, &[&sender_identity.serialize(), &receiver_identity.serialize(), msg.authenticated], msg)
 }
 
-/// Builds an OMEMOAuthenticatedMessage: `{mac = HMAC(mac_key, ad ‖ OMEMOMessage)[..16], message}` where
-/// `ad` = IK_initiator ‖ IK_responder (Ed25519).
+/// Appends an OMEMOAuthenticatedMessage to `out`: `{mac = HMAC(mac_key, ad ‖ OMEMOMessage)[..16],
+/// message}` where `ad` = IK_initiator ‖ IK_responder (Ed25519). Written in place, like [`seal_0_3`]: the
+/// MAC's space first, then the message, then the MAC into its space.
 pub(crate) fn seal_v2(
     keys: &MessageKeys,
     ratchet: &PublicKey,
     previous_counter: u32,
     ad: &[u8; 64],
     plaintext: &[u8],
-) -> Vec<u8> {
-    let ciphertext = cbc_encrypt(keys, plaintext);
-    let msg = AuthenticatedMessage::encode_message(ratchet, keys.counter, previous_counter, &ciphertext);
-    let mac = hmac_sha256(&keys.mac_key, &[ad, &msg]);
-    AuthenticatedMessage::encode(msg, &mac[..v2::MAC_LEN])
+    out: &mut Vec<u8>,
+) -> Result<(), SessionError> {
+    let ciphertext_len = cbc_len(plaintext.len());
+    let message_len = AuthenticatedMessage::message_len(keys.counter, previous_counter, ciphertext_len);
+    out.reserve(2 + v2::MAC_LEN + 1 + 5 + message_len);
+    let mac_at = AuthenticatedMessage::write_head(out, message_len);
+    let at = out.len();
+    AuthenticatedMessage::write_message_head(out, ratchet, keys.counter, previous_counter, ciphertext_len);
+    cbc_encrypt(keys, plaintext, out)?;
+    let mac = hmac_sha256(&keys.mac_key, &[ad, out.get(at..).unwrap_or_default()]);
+    out.get_mut(mac_at..mac_at + v2::MAC_LEN)
+        .ok_or(SessionError::Internal("no space for the MAC"))?
+        .copy_from_slice(&mac[..v2::MAC_LEN]);
+    Ok(())
 }
 
 /// Checks an OMEMOAuthenticatedMessage's 16-byte MAC and decrypts its ciphertext.
@@ -550,47 +566,68 @@ impl SendState {
     /// the key exchange while the peer has not answered; returns the bytes and whether they are a key
     /// exchange. Advances the sending chain (see [`SendState::step`]).
     pub fn encrypt(&mut self, our: &LocalIdentity, plaintext: &[u8]) -> Result<(Vec<u8>, bool), SessionError> {
+        let mut out = Vec::new();
+        let kex = self.encrypt_into(our, plaintext, &mut out)?;
+        Ok((out, kex))
+    }
+
+    /// [`SendState::encrypt`], appending the key element's bytes to `out` (a group send reuses one buffer
+    /// for many devices); returns whether they are a key exchange. On an error `out` may hold a part of
+    /// them, and the state has not advanced.
+    pub fn encrypt_into(
+        &mut self,
+        our: &LocalIdentity,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<bool, SessionError> {
         if self.ratchet_due {
             return Err(SessionError::Internal("a DH ratchet step waits: encrypt with the whole record"));
         }
         let (seed, next) = self.sender_chain.advance().ok_or(SessionError::Internal("sending chain exhausted"))?;
         let keys = seed.expand(self.ns);
         let ratchet = self.sender_ratchet;
-        let out = match self.ns {
-            Namespace::Oldmemo => {
-                let msg =
-                    seal_0_3(&keys, &ratchet, self.previous_counter, &our.curve, &self.remote_identity, plaintext);
-                match &self.pending {
-                    Some(p) => PreKeySignalMessage {
-                        pre_key_id: p.pre_key_id,
-                        signed_pre_key_id: p.signed_pre_key_id,
-                        base_key: self.base_key,
-                        identity_key: our.curve,
-                        message: msg,
-                    }
-                    .encode(),
-                    None => msg,
-                }
+        let pn = self.previous_counter;
+        match (self.ns, &self.pending) {
+            (Namespace::Oldmemo, None) => {
+                seal_0_3(&keys, &ratchet, pn, &our.curve, &self.remote_identity, plaintext, out)?
             }
-            Namespace::Twomemo => {
+            (Namespace::Oldmemo, Some(p)) => {
+                let mut message = Vec::new();
+                seal_0_3(&keys, &ratchet, pn, &our.curve, &self.remote_identity, plaintext, &mut message)?;
+                let kex = PreKeySignalMessage {
+                    pre_key_id: p.pre_key_id,
+                    signed_pre_key_id: p.signed_pre_key_id,
+                    base_key: self.base_key,
+                    identity_key: our.curve,
+                    message,
+                };
+                out.extend_from_slice(&kex.encode());
+            }
+            (Namespace::Twomemo, pending) => {
                 let ad = associated_v2(self.initiator, self.remote_identity_ed25519, our)?;
-                let msg = seal_v2(&keys, &ratchet, self.previous_counter, &ad, plaintext);
-                match &self.pending {
-                    Some(p) => KeyExchange::encode(
-                        p.pre_key_id.ok_or(SessionError::Internal("OMEMO 2 key exchange without pre-key"))?,
-                        p.signed_pre_key_id,
-                        &our.ed25519,
-                        &self.base_key,
-                        &msg,
-                    ),
-                    None => msg,
+                match pending {
+                    None => seal_v2(&keys, &ratchet, pn, &ad, plaintext, out)?,
+                    Some(p) => {
+                        let pre_key_id =
+                            p.pre_key_id.ok_or(SessionError::Internal("OMEMO 2 key exchange without pre-key"))?;
+                        let mut message = Vec::new();
+                        seal_v2(&keys, &ratchet, pn, &ad, plaintext, &mut message)?;
+                        let kex = KeyExchange::encode(
+                            pre_key_id,
+                            p.signed_pre_key_id,
+                            &our.ed25519,
+                            &self.base_key,
+                            &message,
+                        );
+                        out.extend_from_slice(&kex);
+                    }
                 }
             }
-        };
+        }
         self.sender_chain = next;
         self.sent_since_receive = self.sent_since_receive.saturating_add(1);
         self.received_since_send = 0;
-        Ok((out, self.pending.is_some()))
+        Ok(self.pending.is_some())
     }
 
     /// Field-by-field equality, for the tests and fuzz targets (not in constant time: never use it to

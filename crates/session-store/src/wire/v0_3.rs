@@ -107,17 +107,37 @@ impl SignalMessage {
         previous_counter: u32,
         ciphertext: &[u8],
     ) -> Vec<u8> {
-        let proto = SignalMessageProto {
-            ratchet_key: Some(ratchet_key.serialize().to_vec()),
-            counter: Some(counter),
-            previous_counter: Some(previous_counter),
-            ciphertext: Some(ciphertext.to_vec()),
-        };
-        let mut out = Vec::with_capacity(1 + proto.encoded_len() + MAC_LEN);
-        out.push(VERSION_BYTE);
-        // Encoding into a Vec cannot run out of space.
-        let _ = proto.encode(&mut out);
+        let mut out = Vec::with_capacity(Self::HEAD_MAX + ciphertext.len() + MAC_LEN);
+        Self::write_head(&mut out, ratchet_key, counter, previous_counter, ciphertext.len());
+        out.extend_from_slice(ciphertext);
         out
+    }
+
+    /// The most bytes [`SignalMessage::write_head`] appends.
+    pub const HEAD_MAX: usize = 1 + (1 + 1 + 33) + 2 * (1 + 5) + (1 + 5);
+
+    /// Appends `0x33 ‖ proto` up to the ciphertext: fields 1 to 3, then the key and length of field 4 (a
+    /// ciphertext of `ciphertext_len` bytes, which the caller appends, followed by the MAC). The bytes
+    /// prost writes (fields in tag order); a send writes each key element into one buffer this way.
+    pub fn write_head(
+        out: &mut Vec<u8>,
+        ratchet_key: &PublicKey,
+        counter: u32,
+        previous_counter: u32,
+        ciphertext_len: usize,
+    ) {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        out.push(VERSION_BYTE);
+        let ratchet_key = ratchet_key.serialize();
+        encode_key(1, WireType::LengthDelimited, out);
+        encode_varint(ratchet_key.len() as u64, out);
+        out.extend_from_slice(&ratchet_key);
+        encode_key(2, WireType::Varint, out);
+        encode_varint(u64::from(counter), out);
+        encode_key(3, WireType::Varint, out);
+        encode_varint(u64::from(previous_counter), out);
+        encode_key(4, WireType::LengthDelimited, out);
+        encode_varint(ciphertext_len as u64, out);
     }
 }
 
@@ -179,6 +199,7 @@ impl PreKeySignalMessage {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -196,6 +217,28 @@ mod tests {
         assert!(matches!(SignalMessage::parse(&[0x22, 0, 0]), Err(SessionError::UnsupportedVersion(0x22))));
         assert!(PreKeySignalMessage::parse(&msg).is_err(), "a SignalMessage is no key exchange");
         assert!(SignalMessage::parse(&vec![0x33; MAX_MESSAGE_LEN + 1]).is_err());
+    }
+
+    #[test]
+    fn the_head_is_what_prost_writes() {
+        let rk = PublicKey::from_bytes([9; 32]);
+        for (counter, previous) in [(0, 0), (1, 127), (128, 16_383), (16_384, u32::MAX), (u32::MAX, 1)] {
+            for len in [0usize, 16, 48, 127, 128, 300] {
+                let ct: Vec<u8> = (0..len).map(|i| i as u8).collect();
+                let proto = SignalMessageProto {
+                    ratchet_key: Some(rk.serialize().to_vec()),
+                    counter: Some(counter),
+                    previous_counter: Some(previous),
+                    ciphertext: Some(ct.clone()),
+                };
+                let mut theirs = vec![VERSION_BYTE];
+                proto.encode(&mut theirs).unwrap();
+                assert_eq!(SignalMessage::encode_unauthenticated(&rk, counter, previous, &ct), theirs);
+                let mut head = Vec::new();
+                SignalMessage::write_head(&mut head, &rk, counter, previous, len);
+                assert!(head.len() <= SignalMessage::HEAD_MAX);
+            }
+        }
     }
 
     #[test]

@@ -104,18 +104,60 @@ impl AuthenticatedMessage {
 
     /// Serializes an OMEMOMessage (what the MAC covers).
     pub fn encode_message(ratchet_key: &PublicKey, counter: u32, previous_counter: u32, ciphertext: &[u8]) -> Vec<u8> {
-        OmemoMessageProto {
-            n: Some(counter),
-            pn: Some(previous_counter),
-            dh_pub: Some(ratchet_key.as_bytes().to_vec()),
-            ciphertext: Some(ciphertext.to_vec()),
-        }
-        .encode_to_vec()
+        let mut out = Vec::with_capacity(Self::message_len(counter, previous_counter, ciphertext.len()));
+        Self::write_message_head(&mut out, ratchet_key, counter, previous_counter, ciphertext.len());
+        out.extend_from_slice(ciphertext);
+        out
     }
 
     /// Wraps a serialized OMEMOMessage and its MAC.
     pub fn encode(message: Vec<u8>, mac: &[u8]) -> Vec<u8> {
         AuthenticatedProto { mac: Some(mac.to_vec()), message: Some(message) }.encode_to_vec()
+    }
+
+    /// The length of a serialized OMEMOMessage whose ciphertext has `ciphertext_len` bytes.
+    pub fn message_len(counter: u32, previous_counter: u32, ciphertext_len: usize) -> usize {
+        use prost::encoding::encoded_len_varint;
+        (1 + encoded_len_varint(u64::from(counter)))
+            + (1 + encoded_len_varint(u64::from(previous_counter)))
+            + (1 + 1 + 32)
+            + (1 + encoded_len_varint(ciphertext_len as u64) + ciphertext_len)
+    }
+
+    /// Appends an OMEMOMessage up to its ciphertext: fields 1 to 3, then the key and length of field 4 (a
+    /// ciphertext of `ciphertext_len` bytes, which the caller appends). The bytes prost writes (fields in
+    /// tag order).
+    pub fn write_message_head(
+        out: &mut Vec<u8>,
+        ratchet_key: &PublicKey,
+        counter: u32,
+        previous_counter: u32,
+        ciphertext_len: usize,
+    ) {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        encode_key(1, WireType::Varint, out);
+        encode_varint(u64::from(counter), out);
+        encode_key(2, WireType::Varint, out);
+        encode_varint(u64::from(previous_counter), out);
+        encode_key(3, WireType::LengthDelimited, out);
+        encode_varint(32, out);
+        out.extend_from_slice(ratchet_key.as_bytes());
+        encode_key(4, WireType::LengthDelimited, out);
+        encode_varint(ciphertext_len as u64, out);
+    }
+
+    /// Appends an OMEMOAuthenticatedMessage up to its OMEMOMessage: the MAC field with [`MAC_LEN`] zero
+    /// bytes, then the key and length of the message field (a message of `message_len` bytes, which the
+    /// caller appends). Returns where the MAC goes, to be filled in once the message is there.
+    pub fn write_head(out: &mut Vec<u8>, message_len: usize) -> usize {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        encode_key(1, WireType::LengthDelimited, out);
+        encode_varint(MAC_LEN as u64, out);
+        let mac_at = out.len();
+        out.extend_from_slice(&[0; MAC_LEN]);
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(message_len as u64, out);
+        mac_at
     }
 }
 
@@ -185,6 +227,30 @@ impl KeyExchange {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_heads_are_what_prost_writes() {
+        let rk = PublicKey::from_bytes([3; 32]);
+        for (n, pn) in [(0, 0), (1, 127), (128, 16_383), (16_384, u32::MAX), (u32::MAX, 1)] {
+            for len in [0usize, 16, 48, 64, 127, 128, 300] {
+                let ct: Vec<u8> = (0..len).map(|i| i as u8).collect();
+                let proto = OmemoMessageProto {
+                    n: Some(n),
+                    pn: Some(pn),
+                    dh_pub: Some(vec![3; 32]),
+                    ciphertext: Some(ct.clone()),
+                };
+                let m = AuthenticatedMessage::encode_message(&rk, n, pn, &ct);
+                assert_eq!(m, proto.encode_to_vec());
+                assert_eq!(m.len(), AuthenticatedMessage::message_len(n, pn, len));
+                let mut a = Vec::new();
+                let mac_at = AuthenticatedMessage::write_head(&mut a, m.len());
+                a.extend_from_slice(&m);
+                a[mac_at..mac_at + MAC_LEN].copy_from_slice(&[7; MAC_LEN]);
+                assert_eq!(a, AuthenticatedMessage::encode(m, &[7; MAC_LEN]));
+            }
+        }
+    }
 
     #[test]
     fn round_trips_and_truncations() {
