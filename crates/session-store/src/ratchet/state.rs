@@ -115,9 +115,10 @@ pub(crate) fn seal_0_3(
     plaintext: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), SessionError> {
+    let ciphertext_len = cbc_len(plaintext.len());
     let at = out.len();
-    out.reserve(SignalMessage::HEAD_MAX + cbc_len(plaintext.len()) + v0_3::MAC_LEN);
-    SignalMessage::write_head(out, ratchet, keys.counter, previous_counter, cbc_len(plaintext.len()));
+    out.reserve(SignalMessage::HEAD_MAX + ciphertext_len + v0_3::MAC_LEN);
+    SignalMessage::write_head(out, ratchet, keys.counter, previous_counter, ciphertext_len);
     cbc_encrypt(keys, plaintext, out)?;
     let msg = out.get(at..).unwrap_or_default();
     let mac = hmac_sha256(&keys.mac_key, &[&sender_identity.serialize(), &receiver_identity.serialize(), msg]);
