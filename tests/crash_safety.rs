@@ -14,7 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
-    io::{BufRead, Write},
+    io::Write,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -43,22 +43,33 @@ fn store_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("device{i}.sqlite3"))
 }
 
-/// The world as a (re)started process sees it: the stores from their files, the wire from its file.
+/// The world as a (re)started process sees it: the stores from their files, the wire from its file. A
+/// torn line at the end of the wire (the process died while writing it) never went out: it is cut off
+/// here, before anything is appended after it.
 fn open_world(dir: &Path, seed: u64) -> World<Sql> {
     let stores = specs().into_iter().enumerate().map(|(i, s)| (s, SqliteStore::open(store_path(dir, i)).unwrap()));
     let mut w = World::with_stores(ROOM, stores.collect(), &[], ChaCha20Rng::seed_from_u64(seed)).unwrap();
-    w.posted = read_wire(dir);
+    let (posted, whole) = read_wire(dir);
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(dir.join("wire.jsonl")) {
+        if f.metadata().unwrap().len() > whole {
+            f.set_len(whole).unwrap();
+            f.sync_all().unwrap();
+        }
+    }
+    w.posted = posted;
     w
 }
 
-/// The network: one JSON line per stanza that went out, fsynced. A torn last line (the process died
-/// while writing it) never went out.
-fn read_wire(dir: &Path) -> Vec<Posted> {
-    let Ok(f) = std::fs::File::open(dir.join("wire.jsonl")) else { return Vec::new() };
+/// The network: one JSON line per stanza that went out, fsynced. Gives the stanzas of the whole lines
+/// and their length in bytes; a line that is torn (cut short, or without its newline) and everything
+/// after it never went out.
+fn read_wire(dir: &Path) -> (Vec<Posted>, u64) {
+    let Ok(bytes) = std::fs::read(dir.join("wire.jsonl")) else { return (Vec::new(), 0) };
     let mut out = Vec::new();
-    for line in std::io::BufReader::new(f).lines() {
-        let Ok(line) = line else { break };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { break };
+    let mut whole = 0;
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        let Some(text) = line.strip_suffix(b"\n") else { break };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(text) else { break };
         let e = |k: &str| v[k].as_str().unwrap().parse::<Element>().unwrap();
         out.push(Posted {
             from: v["from"].as_u64().unwrap() as usize,
@@ -66,8 +77,9 @@ fn read_wire(dir: &Path) -> Vec<Posted> {
             live: e("live"),
             archived: e("archived"),
         });
+        whole += line.len() as u64;
     }
-    out
+    (out, whole)
 }
 
 fn append_wire(dir: &Path, p: &Posted) {
@@ -188,7 +200,7 @@ fn sigkill_at_random_points_loses_nothing() {
     // Kill points are random within a window that widens when the children make no progress (a slow or
     // busy machine), so that sends and receives are interrupted at every stage either way.
     let mut window_ms = 150u64;
-    let progress = |dir: &Path| read_wire(dir).len() + history(dir, 0).len() + history(dir, 1).len();
+    let progress = |dir: &Path| read_wire(dir).0.len() + history(dir, 0).len() + history(dir, 1).len();
     let mut last_progress = 0;
     for k in 0..kills {
         if k % 20 == 19 {
