@@ -283,15 +283,15 @@ pub fn recipient_devices<J: AsRef<str>>(
     let mut without = Vec::new();
     // Every list of a namespace in one read (a room may have thousands of members).
     let namespaces: Vec<Namespace> = account.namespaces.iter().filter(|ns| choice.allows(*ns)).collect();
-    let mut lists = namespaces.iter().map(|ns| store.device_lists(*ns, &all)).collect::<Result<Vec<_>, _>>()?;
+    let lists = namespaces.iter().map(|ns| store.device_lists(*ns, &all)).collect::<Result<Vec<_>, _>>()?;
     // The device ids of the current JID seen so far (one buffer for all JIDs).
     let mut taken: Vec<u32> = Vec::new();
     for (i, jid) in all.into_iter().enumerate() {
         let mut found = false;
         // OMEMO 2 first: a device in both lists is reached in OMEMO 2 (once).
         taken.clear();
-        for (ns, of_ns) in namespaces.iter().copied().zip(lists.iter_mut()) {
-            for d in of_ns.get_mut(i).and_then(Option::take).unwrap_or_default() {
+        for (ns, of_ns) in namespaces.iter().copied().zip(&lists) {
+            for &d in of_ns.get(i).unwrap_or_default() {
                 if jid == account.jid && d == account.device_id {
                     continue;
                 }

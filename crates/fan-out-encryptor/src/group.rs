@@ -11,7 +11,7 @@
 //! ```
 
 use minidom::Element;
-use participant_resolver::{Exclusion, Recipients, ResolveError, Room};
+use participant_resolver::{Exclusion, RecipientJids, Recipients, ResolveError, Room};
 use rand_core::CryptoRngCore;
 use rayon::prelude::*;
 use session_store::{
@@ -163,9 +163,17 @@ impl GroupMessage {
     }
 }
 
-/// The result of the per-device step: the `<key>` element (and whether it is a key exchange) and the
-/// session's advanced sending chain, or why not.
-type WrapResult = Result<(String, bool, session_store::SendStep), SessionError>;
+/// The per-device step for a run of devices (one piece of the parallel work): their `<key>` elements one
+/// after the other in `text` (one buffer, not one string per device), and per device where its element
+/// lies in `text` (and whether it is a key exchange) and the session's advanced sending chain, or why not.
+#[derive(Default)]
+struct Wrapped {
+    text: String,
+    devices: Vec<Result<WrappedKey, SessionError>>,
+}
+
+/// One device's wrapped key: where its `<key>` lies, whether it is a key exchange, the advanced chain.
+type WrappedKey = (std::ops::Range<usize>, bool, session_store::SendStep);
 
 /// Runs `parallel` (work for the rayon pool) on a scoped helper thread while `here` runs on this thread,
 /// which alone reads the store (a store need not be shared between threads). Called from a thread of
@@ -192,18 +200,26 @@ fn stream_of(seed: &[u8; 32], n: u64) -> rand_chacha::ChaCha20Rng {
 
 /// Step 1: the recipients, their devices, and what to fetch before encrypting.
 pub fn plan_group_message(store: &impl Store, room: &Room, choice: NamespaceChoice) -> Result<GroupPlan, GroupError> {
-    Ok(load_plan(store, room, choice)?.0)
+    let (LoadedPlan { recipients, devices, need_bundles, need_device_lists }, _) = load_plan(store, room, choice)?;
+    Ok(GroupPlan { recipients: recipients.into(), devices, need_bundles, need_device_lists })
+}
+
+/// A [`GroupPlan`] with the recipients' JIDs borrowed from the room.
+struct LoadedPlan<'r> {
+    recipients: RecipientJids<'r>,
+    devices: Vec<SessionAddress>,
+    need_bundles: Vec<SessionAddress>,
+    need_device_lists: Vec<String>,
 }
 
 /// The plan and what sending needs of each device's session (read once per send).
-fn load_plan(
+fn load_plan<'r>(
     store: &impl Store,
-    room: &Room,
+    room: &'r Room,
     choice: NamespaceChoice,
-) -> Result<(GroupPlan, Vec<Option<SendState>>), GroupError> {
-    let recipients = room.recipients()?;
-    let jids: Vec<&str> = recipients.included.iter().map(String::as_str).collect();
-    let (devices, need_device_lists) = recipient_devices(store, &jids, choice)?;
+) -> Result<(LoadedPlan<'r>, Vec<Option<SendState>>), GroupError> {
+    let recipients = room.recipient_jids()?;
+    let (devices, need_device_lists) = recipient_devices(store, &recipients.included, choice)?;
     let mut need_bundles = Vec::new();
     let states = store.send_states(&devices)?;
     for (addr, state) in devices.iter().zip(states.iter()) {
@@ -211,7 +227,7 @@ fn load_plan(
             need_bundles.push(addr.clone());
         }
     }
-    Ok((GroupPlan { recipients, devices, need_bundles, need_device_lists }, states))
+    Ok((LoadedPlan { recipients, devices, need_bundles, need_device_lists }, states))
 }
 
 /// Step 2: encrypts `body` for the room. `bundles` answers the plan's `need_bundles` (a device missing
@@ -227,7 +243,7 @@ pub fn encrypt_group_message(
     rng: &mut impl CryptoRngCore,
 ) -> Result<GroupMessage, GroupError> {
     let account = store.account()?.ok_or(EncryptError::NoAccount)?;
-    let (GroupPlan { recipients, devices, need_bundles, need_device_lists }, loaded) =
+    let (LoadedPlan { recipients, devices, need_bundles, need_device_lists }, loaded) =
         load_plan(store, room, opts.choice)?;
     let mut coverage = GroupCoverage::default();
     for (who, why) in &recipients.excluded {
@@ -386,27 +402,35 @@ pub fn encrypt_group_message(
     let our = account.local_identity();
     let wrap_all = {
         let (addrs, old, new, our) = (&addrs, &old, &new, &our);
-        move || -> Vec<WrapResult> {
+        move || -> Vec<Wrapped> {
             states
                 .into_par_iter()
                 .zip(addrs.par_iter())
-                // One buffer for the bytes of many devices' key elements (one per piece of the work).
-                .map_init(Vec::new, |data, (mut state, addr)| {
-                    let secret: &[u8] = match addr.namespace {
-                        Namespace::Oldmemo => old.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
-                        _ => new.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
-                    };
-                    data.clear();
-                    state.encrypt_into(our, secret, data).map(|kex| {
-                        // A `<key>` is about 1.4 times its data (base64) plus its attributes.
-                        let mut key = String::with_capacity(data.len() * 4 / 3 + 48);
-                        match addr.namespace {
-                            Namespace::Oldmemo => crate::xml::v0_3::write_key(&mut key, addr.device, kex, data),
-                            _ => crate::xml::v2::write_key(&mut key, addr.device, kex.then_some(true), data),
-                        }
-                        (key, kex, state.step())
-                    })
-                })
+                // Per piece of the work: one buffer for a key's data, and one `Wrapped`. (Collected in the
+                // order of the devices.)
+                .fold(
+                    || (Vec::new(), Wrapped::default()),
+                    |(mut data, mut out), (mut state, addr)| {
+                        let secret: &[u8] = match addr.namespace {
+                            Namespace::Oldmemo => old.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
+                            _ => new.as_ref().map(|p| &p.key_material[..]).unwrap_or_default(),
+                        };
+                        data.clear();
+                        let one = state.encrypt_into(our, secret, &mut data).map(|kex| {
+                            let start = out.text.len();
+                            match addr.namespace {
+                                Namespace::Oldmemo => {
+                                    crate::xml::v0_3::write_key(&mut out.text, addr.device, kex, &data)
+                                }
+                                _ => crate::xml::v2::write_key(&mut out.text, addr.device, kex.then_some(true), &data),
+                            }
+                            (start..out.text.len(), kex, state.step())
+                        });
+                        out.devices.push(one);
+                        (data, out)
+                    },
+                )
+                .map(|(_, out)| out)
                 .collect()
         }
     };
@@ -418,16 +442,23 @@ pub fn encrypt_group_message(
     let (wrapped, stored_trust) = beside(wrap_all, read_trust);
     let wrapped = wrapped.map_err(EncryptError::Session)?;
     let stored_trust = stored_trust?;
+    // Per device, in order: its `<key>` as (piece, place in the piece's text), or why not.
+    let mut texts: Vec<String> = Vec::with_capacity(wrapped.len());
+    let mut outs = Vec::with_capacity(addrs.len());
+    for (piece, Wrapped { text, devices }) in wrapped.into_iter().enumerate() {
+        texts.push(text);
+        outs.extend(devices.into_iter().map(|d| d.map(|(at, kex, step)| ((piece, at), kex, step))));
+    }
 
     // Trust: what the change set decides (the last word per key wins), else the store's. A trusted
     // device's key goes into the stanza and its step into the change set: a session built in this send
     // is stored whole, with its step applied; a stored one as the step.
     let trust_now: FastMap<(&str, [u8; 32]), TrustLevel> =
         changes.trust.iter().map(|(j, k, t)| ((j.as_str(), *k.as_bytes()), *t)).collect();
-    // The `<key>` texts, in the order of `coverage.keyed`.
-    let mut keys: Vec<String> = Vec::with_capacity(addrs.len());
+    // Where the `<key>` texts lie, in the order of `coverage.keyed`.
+    let mut keys: Vec<(usize, std::ops::Range<usize>)> = Vec::with_capacity(addrs.len());
     for (((addr, out), fresh), (stored, identity)) in
-        addrs.into_iter().zip(wrapped).zip(built_at).zip(stored_trust.into_iter().zip(identities))
+        addrs.into_iter().zip(outs).zip(built_at).zip(stored_trust.into_iter().zip(identities))
     {
         // (Most sends decide no trust: no lookup per device then.)
         let decided = match trust_now.is_empty() {
@@ -457,8 +488,12 @@ pub fn encrypt_group_message(
 
     // Members with no device that got a key (a set: members times devices would be quadratic).
     let reached: FastSet<&str> = coverage.keyed.iter().map(|(a, _)| a.jid.as_str()).collect();
-    let mut unreachable: Vec<String> =
-        recipients.included.iter().filter(|j| **j != account.jid && !reached.contains(j.as_str())).cloned().collect();
+    let mut unreachable: Vec<String> = recipients
+        .included
+        .iter()
+        .filter(|j| **j != account.jid && !reached.contains(*j))
+        .map(|j| (*j).to_owned())
+        .collect();
     unreachable.sort();
     if !unreachable.is_empty() && opts.missing == MissingDevicePolicy::Block {
         return Err(GroupError::MembersWithoutDevices(unreachable));
@@ -473,8 +508,11 @@ pub fn encrypt_group_message(
     }
 
     let id = stanza::new_message_id(rng);
+    let key_text = |(piece, at): &(usize, std::ops::Range<usize>)| -> &str {
+        texts.get(*piece).and_then(|t| t.get(at.clone())).unwrap_or_default()
+    };
     let grouped = crate::encrypt::GroupKeys::new(
-        coverage.keyed.iter().map(|(a, _)| a).zip(keys.iter().map(String::as_str)),
+        coverage.keyed.iter().map(|(a, _)| a).zip(keys.iter().map(key_text)),
         old.as_ref().map(|p| (p.iv, &p.ciphertext[..])),
         new.as_ref().map(|p| &p.ciphertext[..]),
     );
@@ -488,7 +526,7 @@ pub fn encrypt_group_message(
     // Written as text, in one buffer: its size is exact, and it is what goes on the wire.
     let stanza = stanza::write_message(&headers, grouped.len_hint(), |out| grouped.write(account.device_id, out));
     drop(grouped);
-    drop(keys);
+    drop(texts);
     if stanza.len() > opts.max_stanza_bytes {
         let keys = coverage.keyed.len();
         return Err(GroupError::TooLarge { bytes: stanza.len(), keys, limit: opts.max_stanza_bytes });

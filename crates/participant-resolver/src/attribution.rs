@@ -190,9 +190,12 @@ impl Room {
         }
         // 4. The sender device among the members.
         if let Some(sid) = answer.sender_device {
-            let members = self.recipients_unchecked().included;
-            let mut owners: Vec<String> =
-                device_owners(sid).into_iter().map(|j| bare(&j)).filter(|j| members.contains(j)).collect();
+            let members = self.recipient_jids_unchecked().included;
+            let mut owners: Vec<String> = device_owners(sid)
+                .into_iter()
+                .map(|j| bare(&j))
+                .filter(|j| members.binary_search(&j.as_str()).is_ok())
+                .collect();
             owners.sort();
             owners.dedup();
             if owners.len() == 1 {

@@ -22,6 +22,6 @@ pub mod xml;
 pub use attribution::{Attribution, AttributionSource, Conflict, MessageIds};
 pub use error::{InputError, ResolveError};
 pub use policy::{Policy, RoomFeatures};
-pub use recipients::{Exclusion, Recipients};
+pub use recipients::{Exclusion, RecipientJids, Recipients};
 pub use room::{Occupant, Presence, Request, RequestKind, Room, RoomEvent};
 pub use xml::{Affiliation, Role};

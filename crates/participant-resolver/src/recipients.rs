@@ -44,6 +44,22 @@ pub struct Recipients {
     pub excluded: Vec<(String, Exclusion)>,
 }
 
+/// [`Recipients`] with the included JIDs borrowed from the room (see [`Room::recipient_jids`]): a send to
+/// thousands of members then copies none of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecipientJids<'a> {
+    /// The bare JIDs to encrypt to (always including our own, for our other devices), sorted, each once.
+    pub included: Vec<&'a str>,
+    /// As [`Recipients::excluded`].
+    pub excluded: Vec<(String, Exclusion)>,
+}
+
+impl From<RecipientJids<'_>> for Recipients {
+    fn from(r: RecipientJids<'_>) -> Self {
+        Self { included: r.included.into_iter().map(str::to_owned).collect(), excluded: r.excluded }
+    }
+}
+
 impl Room {
     /// Can OMEMO messages be sent into the room now? Non-anonymous is required; members-only unless the
     /// policy allows open rooms; a configuration change (104) must have been re-read; we must be in it.
@@ -71,12 +87,22 @@ impl Room {
     /// whichever source said so last. In an open room that the policy allows, present occupants with a
     /// real JID are included too. Fails when the room is not eligible (see [`Room::eligibility`]).
     pub fn recipients(&self) -> Result<Recipients, ResolveError> {
-        self.eligibility()?;
-        Ok(self.recipients_unchecked())
+        Ok(self.recipient_jids()?.into())
     }
 
     /// [`Room::recipients`] without the eligibility check (for reports about rooms that are not).
     pub fn recipients_unchecked(&self) -> Recipients {
+        self.recipient_jids_unchecked().into()
+    }
+
+    /// [`Room::recipients`], the included JIDs borrowed from the room.
+    pub fn recipient_jids(&self) -> Result<RecipientJids<'_>, ResolveError> {
+        self.eligibility()?;
+        Ok(self.recipient_jids_unchecked())
+    }
+
+    /// [`Room::recipient_jids`] without the eligibility check.
+    pub fn recipient_jids_unchecked(&self) -> RecipientJids<'_> {
         let open = self.policy.allow_open_rooms && !self.features.is_some_and(|f| f.membersonly);
         // Only an open room counts presence as membership.
         let present: BTreeSet<&str> = if open {
@@ -84,22 +110,24 @@ impl Room {
         } else {
             BTreeSet::new()
         };
-        let mut out = Recipients::default();
-        // Gathered in a list and made a set at once (sorted in bulk: thousands of members).
-        let mut included = vec![self.own_jid.clone()];
+        let mut out = RecipientJids::default();
+        // (The affiliations come sorted: only our own JID is out of place.)
+        let mut included = vec![self.own_jid.as_str()];
         for (jid, fact) in &self.affiliations {
             if *jid == self.own_jid {
                 continue;
             }
             match fact.affiliation {
-                a if a.is_member() => included.push(jid.clone()),
+                a if a.is_member() => included.push(jid),
                 Affiliation::Outcast => out.excluded.push((jid.clone(), Exclusion::Outcast)),
-                _ if open && present.contains(jid.as_str()) => included.push(jid.clone()),
+                _ if open && present.contains(jid.as_str()) => included.push(jid),
                 _ if fact.was_member => out.excluded.push((jid.clone(), Exclusion::NoLongerMember)),
                 _ => out.excluded.push((jid.clone(), Exclusion::NotAMember)),
             }
         }
-        out.included = included.into_iter().collect();
+        included.sort();
+        included.dedup();
+        out.included = included;
         for o in self.occupants.values().filter(|o| o.real_jid.is_none()) {
             out.excluded.push((format!("{}/{}", self.jid, o.nick), Exclusion::NoRealJid));
         }

@@ -74,7 +74,8 @@ pub use namespace::{Namespace, NamespaceSet};
 pub use ratchet::{LocalIdentity, SendState, SendStep, SessionRecord};
 pub use sqlite::SqliteStore;
 pub use traits::{
-    AccountStore, DeviceListStore, IdentityStore, LedgerStore, PreKeyStore, SessionStore, SignedPreKeyStore, Store,
+    AccountStore, DeviceListStore, DeviceLists, IdentityStore, LedgerStore, PreKeyStore, SessionStore,
+    SignedPreKeyStore, Store,
 };
 pub use trust::TrustLevel;
 

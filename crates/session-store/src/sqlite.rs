@@ -628,18 +628,26 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
         rows.into_iter().filter(|(_, a)| *a).map(|(d, _)| u32_of(d, "device id")).collect::<Result<_, _>>().map(Some)
     }
 
-    fn device_lists(&self, ns: Namespace, jids: &[&str]) -> Result<Vec<Option<Vec<DeviceId>>>, StoreError> {
+    fn device_lists(&self, ns: Namespace, jids: &[&str]) -> Result<DeviceLists, StoreError> {
         let mut cache = self.fresh_cache()?;
-        kept_or_read(
-            &mut cache,
-            jids,
-            |c, j| c.devices.get(&ns).and_then(|of| of.get(*j)).cloned(),
-            |wanted| self.read_device_lists(ns, wanted),
-            |c, j, list| {
-                c.devices.entry(ns).or_default().insert(j.to_owned(), list.clone());
-                list
-            },
-        )
+        // What the cache lacks is read in one batch and kept; then every answer comes from the cache.
+        let of = cache.devices.entry(ns).or_default();
+        let missing: Vec<&str> = jids.iter().copied().filter(|j| !of.contains_key(*j)).collect();
+        if !missing.is_empty() {
+            let read = self.read_device_lists(ns, &missing)?;
+            let n = missing.len();
+            let of = cache.devices.entry(ns).or_default();
+            for (j, list) in missing.into_iter().zip(read) {
+                of.insert(j.to_owned(), list);
+            }
+            cache.entries += n;
+        }
+        let of = cache.devices.entry(ns).or_default();
+        let mut out = DeviceLists::with_capacity(jids.len());
+        for j in jids {
+            out.push(of.get(*j).and_then(Option::as_deref));
+        }
+        Ok(out)
     }
 }
 

@@ -614,7 +614,7 @@ macro_rules! store_conformance_tests {
                     p.a.apply(&ch).unwrap();
                     let one: Vec<_> = jids.iter().map(|j| p.a.device_list(p.ns, j).unwrap()).collect();
                     let asked: Vec<&str> = jids.iter().map(String::as_str).collect();
-                    assert_eq!(one, p.a.device_lists(p.ns, &asked).unwrap());
+                    assert_eq!(one, p.a.device_lists(p.ns, &asked).unwrap().to_vecs());
                     assert_eq!(one[1], Some(vec![3, 5]));
                     let keys: Vec<(&str, PublicKey)> =
                         jids.iter().map(|j| (j.as_str(), good.remote_identity().unwrap())).collect();
@@ -799,7 +799,7 @@ mod sqlite_store {
         let keys: Vec<(&str, PublicKey)> = jids.iter().map(|j| (*j, key)).collect();
         let agree = |s: &SqliteStore<rusqlite::Connection>| {
             let one: Vec<_> = jids.iter().map(|j| s.device_list(p.ns, j).unwrap()).collect();
-            assert_eq!(one, s.device_lists(p.ns, &jids).unwrap());
+            assert_eq!(one, s.device_lists(p.ns, &jids).unwrap().to_vecs());
             let one: Vec<_> = keys.iter().map(|(j, k)| s.trust(j, k).unwrap()).collect();
             assert_eq!(one, s.trusts(&keys).unwrap());
             one
@@ -810,7 +810,7 @@ mod sqlite_store {
         ch.trust.push((jids[1].into(), key, TrustLevel::Verified));
         p.a.apply(&ch).unwrap();
         assert_eq!(agree(&p.a)[1], Some(TrustLevel::Verified));
-        assert_eq!(p.a.device_lists(p.ns, &jids).unwrap()[0], Some(vec![3, 5]));
+        assert_eq!(p.a.device_lists(p.ns, &jids).unwrap().get(0), Some(&[3, 5][..]));
         let mut ch = Changes::default();
         ch.device_lists.push((p.ns, jids[0].into(), vec![4]));
         ch.device_lists.push((p.ns, jids[2].into(), vec![8]));
@@ -818,7 +818,7 @@ mod sqlite_store {
         ch.trust.push((jids[2].into(), key, TrustLevel::Verified));
         other.apply(&ch).unwrap();
         assert_eq!(agree(&p.a), vec![None, Some(TrustLevel::Distrusted), Some(TrustLevel::Verified)]);
-        assert_eq!(p.a.device_lists(p.ns, &jids).unwrap(), vec![Some(vec![4]), None, Some(vec![8])]);
+        assert_eq!(p.a.device_lists(p.ns, &jids).unwrap().to_vecs(), vec![Some(vec![4]), None, Some(vec![8])]);
         // The account, kept the same way: written here, written by the other connection.
         let mut acc = p.a.account().unwrap().unwrap();
         acc.next_pre_key_id += 10;
@@ -951,7 +951,10 @@ mod sqlite_store {
         assert_eq!(peers.len(), 1);
         let rec = s.session(&SessionAddress::new(Namespace::Oldmemo, "alice@example.org", peers[0])).unwrap().unwrap();
         assert!(rec.has_current());
-        let _ = std::fs::remove_file(&path);
+        drop(s);
+        for end in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{end}", path.display()));
+        }
     }
 }
 
@@ -976,4 +979,22 @@ fn debug_output_has_no_secret_bytes() {
         assert!(!debug.contains(&list[1..list.len() - 1]), "bytes of a secret in {debug}");
     }
     assert!(!debug.contains(&format!("{:?}", &out.plaintext[..])));
+}
+
+/// `DeviceLists` keeps "no list seen" apart from an empty list, and answers by position.
+#[test]
+fn device_lists_by_position() {
+    let mut l = crate::DeviceLists::with_capacity(3);
+    assert!(l.is_empty());
+    l.push(Some(&[7, 9]));
+    l.push(None);
+    l.push(Some(&[]));
+    l.push(Some(&[4]));
+    assert_eq!(l.len(), 4);
+    assert_eq!(l.get(0), Some(&[7, 9][..]));
+    assert_eq!(l.get(1), None);
+    assert_eq!(l.get(2), Some(&[][..]));
+    assert_eq!(l.get(3), Some(&[4][..]));
+    assert_eq!(l.get(4), None);
+    assert_eq!(l.to_vecs(), vec![Some(vec![7, 9]), None, Some(vec![]), Some(vec![4])]);
 }

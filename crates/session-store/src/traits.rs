@@ -81,8 +81,58 @@ pub trait DeviceListStore {
     /// The active devices of `jid` in `ns` (`None` if we never saw its list).
     fn device_list(&self, ns: Namespace, jid: &str) -> Result<Option<Vec<DeviceId>>, StoreError>;
     /// The device lists of many JIDs at once, in the order asked.
-    fn device_lists(&self, ns: Namespace, jids: &[&str]) -> Result<Vec<Option<Vec<DeviceId>>>, StoreError> {
-        jids.iter().map(|j| self.device_list(ns, j)).collect()
+    fn device_lists(&self, ns: Namespace, jids: &[&str]) -> Result<DeviceLists, StoreError> {
+        let mut out = DeviceLists::with_capacity(jids.len());
+        for j in jids {
+            out.push(self.device_list(ns, j)?.as_deref());
+        }
+        Ok(out)
+    }
+}
+
+/// Device lists of many JIDs, in one buffer (a room's thousands of lists are not thousands of
+/// allocations): the answer of [`DeviceListStore::device_lists`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceLists {
+    /// Every list's devices, one list after the other.
+    devices: Vec<DeviceId>,
+    /// Per JID asked: where its list lies in `devices` (`None`: no list seen).
+    lists: Vec<Option<std::ops::Range<usize>>>,
+}
+
+impl DeviceLists {
+    /// Room for `n` lists.
+    pub fn with_capacity(n: usize) -> Self {
+        Self { devices: Vec::with_capacity(n), lists: Vec::with_capacity(n) }
+    }
+
+    /// Adds the next JID's list (`None`: no list seen).
+    pub fn push(&mut self, list: Option<&[DeviceId]>) {
+        self.lists.push(list.map(|l| {
+            let start = self.devices.len();
+            self.devices.extend_from_slice(l);
+            start..self.devices.len()
+        }));
+    }
+
+    /// The list of the `i`th JID asked (`None`: no list seen, or no `i`th JID).
+    pub fn get(&self, i: usize) -> Option<&[DeviceId]> {
+        self.lists.get(i)?.as_ref().and_then(|r| self.devices.get(r.clone()))
+    }
+
+    /// How many JIDs were asked.
+    pub fn len(&self) -> usize {
+        self.lists.len()
+    }
+
+    /// No JID was asked.
+    pub fn is_empty(&self) -> bool {
+        self.lists.is_empty()
+    }
+
+    /// Every list, in the order asked, as vectors.
+    pub fn to_vecs(&self) -> Vec<Option<Vec<DeviceId>>> {
+        (0..self.len()).map(|i| self.get(i).map(<[DeviceId]>::to_vec)).collect()
     }
 }
 
