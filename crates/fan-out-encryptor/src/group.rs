@@ -351,8 +351,11 @@ pub fn encrypt_group_message(
 
     // The records to wrap for, trust checked; read serially (a store need not be shared between threads).
     let left_out: FastSet<SessionAddress> = coverage.devices_left_out.iter().map(|(a, _)| a.clone()).collect();
-    // (address, session, index in `changes.sessions` of a session built from a bundle in this send)
-    let mut candidates: Vec<(SessionAddress, SendState, Option<usize>)> = Vec::with_capacity(devices.len());
+    // Per device to wrap for: its address, what sending needs of its session (a few hundred bytes: kept
+    // in place, not moved again), and the index in `changes.sessions` of a session built in this send.
+    let mut addrs: Vec<SessionAddress> = Vec::with_capacity(devices.len());
+    let mut states: Vec<SendState> = Vec::with_capacity(devices.len());
+    let mut built_at: Vec<Option<usize>> = Vec::with_capacity(devices.len());
     let built_now: FastMap<&SessionAddress, usize> =
         changes.sessions.iter().enumerate().map(|(i, (a, _))| (a, i)).collect();
     for (addr, state) in devices.into_iter().zip(loaded) {
@@ -374,11 +377,13 @@ pub fn encrypt_group_message(
             coverage.devices_left_out.push((addr, Left::Stale));
             continue;
         }
-        candidates.push((addr, state, fresh));
+        addrs.push(addr);
+        states.push(state);
+        built_at.push(fresh);
     }
-    // The payload, once per namespace among the candidates (the stanza leaves out a namespace that trust
-    // leaves without devices).
-    let uses = |ns| candidates.iter().any(|(a, _, _)| a.namespace == ns);
+    // The payload, once per namespace among the devices to wrap for (the stanza leaves out a namespace
+    // that trust leaves without devices).
+    let uses = |ns| addrs.iter().any(|a| a.namespace == ns);
     let old = uses(Namespace::Oldmemo).then(|| payload::encrypt(body.as_bytes(), rng));
     let new = uses(Namespace::Twomemo).then(|| {
         let content = vec![Element::builder("body", "jabber:client").append(body).build()];
@@ -390,14 +395,6 @@ pub fn encrypt_group_message(
     // this thread only): on owned copies of what sending needs of each session, the wrapped key as its
     // `<key>` element and the advanced sending chain (a delta of the stored record). A device that
     // trust then leaves out was wrapped for nothing: its key and its step are dropped.
-    let mut addrs: Vec<SessionAddress> = Vec::with_capacity(candidates.len());
-    let mut states: Vec<SendState> = Vec::with_capacity(candidates.len());
-    let mut built_at: Vec<Option<usize>> = Vec::with_capacity(candidates.len());
-    for (addr, state, fresh) in candidates {
-        addrs.push(addr);
-        states.push(state);
-        built_at.push(fresh);
-    }
     let identities: Vec<session_store::PublicKey> = states.iter().map(SendState::remote_identity).collect();
     let our = account.local_identity();
     let wrap_all = {
