@@ -631,18 +631,14 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
     fn device_lists(&self, ns: Namespace, jids: &[&str]) -> Result<DeviceLists, StoreError> {
         let mut cache = self.fresh_cache()?;
         // What the cache lacks is read in one batch and kept; then every answer comes from the cache.
+        let kept = cache.devices.get(&ns);
+        let missing: Vec<&str> = jids.iter().copied().filter(|j| !kept.is_some_and(|of| of.contains_key(*j))).collect();
+        let read = if missing.is_empty() { Vec::new() } else { self.read_device_lists(ns, &missing)? };
+        cache.entries += missing.len();
         let of = cache.devices.entry(ns).or_default();
-        let missing: Vec<&str> = jids.iter().copied().filter(|j| !of.contains_key(*j)).collect();
-        if !missing.is_empty() {
-            let read = self.read_device_lists(ns, &missing)?;
-            let n = missing.len();
-            let of = cache.devices.entry(ns).or_default();
-            for (j, list) in missing.into_iter().zip(read) {
-                of.insert(j.to_owned(), list);
-            }
-            cache.entries += n;
+        for (j, list) in missing.into_iter().zip(read) {
+            of.insert(j.to_owned(), list);
         }
-        let of = cache.devices.entry(ns).or_default();
         let mut out = DeviceLists::with_capacity(jids.len());
         for j in jids {
             out.push(of.get(*j).and_then(Option::as_deref));
