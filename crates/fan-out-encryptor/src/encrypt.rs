@@ -194,25 +194,49 @@ impl<'a> GroupKeys<'a> {
         new: Option<&'a [u8]>,
     ) -> Self {
         let mut old_keys = Vec::new();
-        let mut new_keys = Vec::new();
-        let mut group_of: session_store::FastMap<&str, usize> = HashMap::default();
+        let mut new_keys: Vec<(usize, &str, &str)> = Vec::new();
         let mut len = 512;
+        // Whether the OMEMO 2 JIDs come in ascending order so far (as in a send to a room, whose
+        // recipients are sorted): then each run of one JID is its group, and no map is needed.
+        let mut ascending = true;
         for (addr, key) in keys {
             len += key.len();
             match addr.namespace {
                 Namespace::Oldmemo => old_keys.push(key),
                 _ => {
-                    let next = group_of.len();
-                    let group = *group_of.entry(addr.jid.as_str()).or_insert_with(|| {
-                        len += addr.jid.len() + 32;
-                        next
-                    });
-                    new_keys.push((group, addr.jid.as_str(), key));
+                    let jid = addr.jid.as_str();
+                    let group = match new_keys.last() {
+                        Some(&(group, last, _)) if last == jid => group,
+                        Some(&(group, last, _)) => {
+                            ascending &= last < jid;
+                            len += jid.len() + 32;
+                            group + 1
+                        }
+                        None => {
+                            len += jid.len() + 32;
+                            0
+                        }
+                    };
+                    new_keys.push((group, jid, key));
                 }
             }
         }
-        // A stable sort: keys of one group keep their order.
-        new_keys.sort_by_key(|(group, _, _)| *group);
+        if !ascending {
+            // A JID seen before may come back after another: its keys join its first group, and the
+            // groups keep the order their JIDs first appear in. A stable sort: keys of one group keep their
+            // order.
+            let mut group_of: session_store::FastMap<&str, usize> = HashMap::default();
+            len = 512 + old_keys.iter().map(|k| k.len()).sum::<usize>();
+            for (group, jid, key) in &mut new_keys {
+                let next = group_of.len();
+                *group = *group_of.entry(*jid).or_insert_with(|| {
+                    len += jid.len() + 32;
+                    next
+                });
+                len += key.len();
+            }
+            new_keys.sort_by_key(|(group, _, _)| *group);
+        }
         let new_payload = new.filter(|_| !new_keys.is_empty());
         let old_payload = old.filter(|_| !old_keys.is_empty());
         len += (new_payload.map_or(0, <[u8]>::len) + old_payload.map_or(0, |(_, c)| c.len())) * 2;
@@ -467,7 +491,13 @@ mod tests {
         ];
         let iv = [7u8; 12];
         let (old_ct, new_ct) = (vec![1u8; 20], vec![2u8; 30]);
-        for only in [None, Some(Oldmemo), Some(Twomemo)] {
+        // In the order above (a JID comes back after another), and sorted by JID as a room send has them
+        // (each JID's keys in one run, the runs ascending).
+        let mut sorted = devices;
+        sorted.sort_by_key(|d| d.1);
+        for (devices, only) in
+            [devices, sorted].into_iter().flat_map(|d| [(d, None), (d, Some(Oldmemo)), (d, Some(Twomemo))])
+        {
             let mut structs = KeyElements::default();
             let mut texts = Vec::new();
             for (i, (ns, jid, device, kex)) in devices.into_iter().enumerate() {

@@ -111,8 +111,9 @@ impl Room {
             BTreeSet::new()
         };
         let mut out = RecipientJids::default();
-        // (The affiliations come sorted: only our own JID is out of place.)
-        let mut included = vec![self.own_jid.as_str()];
+        // The affiliations come sorted and without repeats: our own JID is skipped here and put in its
+        // place below (no sort of thousands of JIDs that are already in order).
+        let mut included: Vec<&str> = Vec::with_capacity(self.affiliations.len() + 1);
         for (jid, fact) in &self.affiliations {
             if *jid == self.own_jid {
                 continue;
@@ -125,8 +126,9 @@ impl Room {
                 _ => out.excluded.push((jid.clone(), Exclusion::NotAMember)),
             }
         }
-        included.sort();
-        included.dedup();
+        if let Err(at) = included.binary_search(&self.own_jid.as_str()) {
+            included.insert(at, self.own_jid.as_str());
+        }
         out.included = included;
         for o in self.occupants.values().filter(|o| o.real_jid.is_none()) {
             out.excluded.push((format!("{}/{}", self.jid, o.nick), Exclusion::NoRealJid));

@@ -849,6 +849,54 @@ mod sqlite_store {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// The first stored form of `rec`'s step (version 1: the whole sending ratchet key where version 2
+    /// keeps its first 8 bytes), built from the record as the store of schema 7 wrote it.
+    fn step_v1(rec: &SessionRecord) -> Vec<u8> {
+        let v2 = rec.send_step().unwrap().to_bytes();
+        let ratchet = rec.current.as_ref().unwrap().sender_ratchet.public;
+        assert_eq!((v2.len(), v2[0], &v2[1..9]), (49, 2, &ratchet.as_bytes()[..8]));
+        let v1 = [&[1u8][..], ratchet.as_bytes(), &v2[9..]].concat();
+        assert_eq!(v1.len(), 73);
+        v1
+    }
+
+    /// Both stored forms of a step read to the same step; a wrong version, length or ratchet key is
+    /// refused as corrupt.
+    #[test]
+    fn send_step_stored_forms() {
+        let mut p = pair(43);
+        p.start();
+        p.exchange();
+        let to_b = Pair::<SqliteStore<rusqlite::Connection>>::addr_in(&p.b, p.ns);
+        let our = p.a.account().unwrap().unwrap().local_identity();
+        let mut rec = p.a.session(&to_b).unwrap().unwrap();
+        rec.complete_ratchet().unwrap();
+        let before = rec.clone();
+        rec.encrypt(&our, &[1; 32]).unwrap();
+        let step = rec.send_step().unwrap();
+        let (v1, v2) = (step_v1(&rec), step.to_bytes());
+        assert_eq!(v2.len(), SendStep::ENCODED_LEN);
+        for form in [&v1, &v2] {
+            assert!(SendStep::from_bytes(form).unwrap() == step);
+            let mut applied = before.clone();
+            applied.apply_step(&SendStep::from_bytes(form).unwrap()).unwrap();
+            assert_eq!(applied.to_bytes(), rec.to_bytes());
+        }
+        let corrupt = |b: &[u8]| matches!(SendStep::from_bytes(b), Err(StoreError::Corrupt(_)));
+        for (mut form, version) in [(v1.clone(), 1u8), (v2.clone(), 2)] {
+            assert!(corrupt(&form[..form.len() - 1]));
+            assert!(corrupt(&[&form[..], &[0]].concat()));
+            form[0] = 3 - version;
+            assert!(corrupt(&form), "version {version} read as the other");
+        }
+        assert!(corrupt(&[]));
+        // A step whose tag differs from the record's ratchet key belongs to another chain.
+        let mut other = v2.clone();
+        other[3] ^= 1;
+        let mut applied = before.clone();
+        assert!(matches!(applied.apply_step(&SendStep::from_bytes(&other).unwrap()), Err(StoreError::Corrupt(_))));
+    }
+
     /// A schema-7 database (steps keyed by address) migrates to schema 8 (steps keyed by session id):
     /// every session keeps its record and its step, a step without a session is dropped, and steps are
     /// written and read by id afterwards.
@@ -865,7 +913,8 @@ mod sqlite_store {
         }
         let stored = rec.clone();
         rec.encrypt(&our, &[1; 32]).unwrap();
-        let step = rec.send_step().unwrap().to_bytes();
+        // Schema 7 wrote the first form of a step (the whole ratchet key).
+        let step = step_v1(&rec);
         let other = SessionAddress::new(p.ns, "other@example.org", 3);
         let ghost = SessionAddress::new(p.ns, "ghost@example.org", 9);
 

@@ -408,8 +408,11 @@ impl SessionState {
 /// applies it to the record when it reads it again ([`SessionRecord::apply_step`]).
 #[derive(Clone, PartialEq, Eq, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct SendStep {
-    /// The sending ratchet key the chain belongs to: a step applies only to that state.
-    ratchet: [u8; 32],
+    /// The first bytes of the sending ratchet key the chain belongs to: a step applies only to that
+    /// state. (The key is a random curve point: another chain's key shares these 8 bytes with
+    /// probability 2^-64. The tag guards against an inconsistent store, not against an attacker, who
+    /// could write any record.)
+    ratchet_tag: [u8; SendStep::TAG_LEN],
     chain_key: [u8; 32],
     index: u32,
     sent_since_receive: u32,
@@ -422,9 +425,19 @@ impl fmt::Debug for SendStep {
 }
 
 impl SendStep {
-    /// Encoded size: a version byte, the ratchet key, the chain key, two counters.
-    pub const ENCODED_LEN: usize = 1 + 32 + 32 + 4 + 4;
-    const VERSION: u8 = 1;
+    /// Encoded size: a version byte, the ratchet key's tag, the chain key, two counters.
+    pub const ENCODED_LEN: usize = 1 + Self::TAG_LEN + 32 + 4 + 4;
+    const VERSION: u8 = 2;
+    const TAG_LEN: usize = 8;
+    /// The first stored form (version 1, 73 bytes) held the whole ratchet key; it is still read.
+    const V1_LEN: usize = 1 + 32 + 32 + 4 + 4;
+
+    /// The tag of a sending ratchet key.
+    fn tag_of(ratchet: &PublicKey) -> [u8; Self::TAG_LEN] {
+        let mut tag = [0u8; Self::TAG_LEN];
+        tag.copy_from_slice(&ratchet.as_bytes()[..Self::TAG_LEN]);
+        tag
+    }
 
     /// The stored form.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -438,26 +451,29 @@ impl SendStep {
     pub fn write_to(&self, out: &mut Vec<u8>) {
         zeroize::Zeroize::zeroize(out);
         out.push(Self::VERSION);
-        out.extend_from_slice(&self.ratchet);
+        out.extend_from_slice(&self.ratchet_tag);
         out.extend_from_slice(&self.chain_key);
         out.extend_from_slice(&self.index.to_be_bytes());
         out.extend_from_slice(&self.sent_since_receive.to_be_bytes());
     }
 
-    /// Reads the stored form.
+    /// Reads the stored form (this version's, or the first one's).
     pub fn from_bytes(b: &[u8]) -> Result<Self, crate::StoreError> {
         let bad = crate::StoreError::Corrupt("session step");
-        if b.len() != Self::ENCODED_LEN || b[0] != Self::VERSION {
-            return Err(bad);
-        }
+        // Where the chain key starts: after the tag, or after version 1's whole ratchet key.
+        let key_at = match (b.first(), b.len()) {
+            (Some(&Self::VERSION), Self::ENCODED_LEN) => 1 + Self::TAG_LEN,
+            (Some(1), Self::V1_LEN) => 1 + 32,
+            _ => return Err(bad),
+        };
         let word = |at: usize| b.get(at..at + 4).and_then(|w| w.try_into().ok()).map(u32::from_be_bytes);
-        let (Some(ratchet), Some(chain_key), Some(index), Some(sent_since_receive)) =
-            (b.get(1..33), b.get(33..65), word(65), word(69))
+        let (Some(ratchet_tag), Some(chain_key), Some(index), Some(sent_since_receive)) =
+            (b.get(1..1 + Self::TAG_LEN), b.get(key_at..key_at + 32), word(key_at + 32), word(key_at + 36))
         else {
             return Err(bad);
         };
-        let (Ok(ratchet), Ok(chain_key)) = (ratchet.try_into(), chain_key.try_into()) else { return Err(bad) };
-        Ok(Self { ratchet, chain_key, index, sent_since_receive })
+        let (Ok(ratchet_tag), Ok(chain_key)) = (ratchet_tag.try_into(), chain_key.try_into()) else { return Err(bad) };
+        Ok(Self { ratchet_tag, chain_key, index, sent_since_receive })
     }
 
     /// The counter of the next message on the chain.
@@ -472,7 +488,7 @@ impl SendStep {
         if due {
             return Err(crate::StoreError::Corrupt("session step for a spent sending chain"));
         }
-        if *ratchet.as_bytes() != self.ratchet {
+        if Self::tag_of(ratchet) != self.ratchet_tag {
             return Err(crate::StoreError::Corrupt("session step of another sending chain"));
         }
         if self.index < chain.index {
@@ -649,7 +665,7 @@ impl SendState {
     /// The sending chain as it is now, to be persisted as a delta of the stored record.
     pub fn step(&self) -> SendStep {
         SendStep {
-            ratchet: *self.sender_ratchet.as_bytes(),
+            ratchet_tag: SendStep::tag_of(&self.sender_ratchet),
             chain_key: self.sender_chain.key,
             index: self.sender_chain.index,
             sent_since_receive: self.sent_since_receive,
