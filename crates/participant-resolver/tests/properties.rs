@@ -145,6 +145,11 @@ fn recipients_do_not_depend_on_arrival_order() {
         }
         // The invariants, on the answer every order gives.
         assert!(reference.included.contains(ME), "case {case}: our JID");
+        // The borrowed form: the same JIDs, sorted and each once (a send and attribution search it).
+        let room = build(&u);
+        let borrowed = room.recipient_jids().unwrap().included;
+        assert!(borrowed.windows(2).all(|w| w[0] < w[1]), "case {case}: not in order: {borrowed:?}");
+        assert!(borrowed.iter().copied().eq(reference.included.iter().map(String::as_str)), "case {case}");
         for p in &people {
             let included = reference.included.contains(&p.jid);
             match p.affiliation {
