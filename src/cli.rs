@@ -424,10 +424,10 @@ fn coverage_json(c: &Coverage, failures: &[(SessionAddress, String)]) -> Value {
         _ => "other".to_owned(),
     };
     json!({
-        "keyed": c.keyed.iter().map(|(a, kex)| json!({"jid": a.jid, "device_id": a.device, "namespace": a.namespace.short_name(), "kex": kex})).collect::<Vec<_>>(),
+        "keyed": c.keyed.iter().map(|(a, kex)| json!({"jid": a.jid.as_str(), "device_id": a.device, "namespace": a.namespace.short_name(), "kex": kex})).collect::<Vec<_>>(),
         "skipped": c.skipped.iter().map(|(a, r)| {
             let why = failures.iter().find(|(f, _)| f == a).map(|(_, e)| e.clone()).unwrap_or_else(|| reason(r));
-            json!({"jid": a.jid, "device_id": a.device, "reason": why})
+            json!({"jid": a.jid.as_str(), "device_id": a.device, "reason": why})
         }).collect::<Vec<_>>(),
         "jids_without_devices": c.jids_without_devices,
     })

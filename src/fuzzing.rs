@@ -130,7 +130,7 @@ pub fn key_exchange(data: &[u8]) -> bool {
     let Some(p) = pair(ns) else { return false };
     let mut store = p.fresh_bob.clone();
     let Ok(Some(account)) = store.account() else { return false };
-    let from = SessionAddress { namespace: ns, jid: ALICE.to_owned(), device: p.world.devices[0].device_id };
+    let from = SessionAddress { namespace: ns, jid: ALICE.into(), device: p.world.devices[0].device_id };
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     match session::decrypt_with(&store, &account, &from, message, PreKeyMode::Live, &mut rng) {
         Ok((_, changes)) => {
@@ -266,7 +266,7 @@ pub fn group_interaction(data: &[u8]) -> usize {
                     {
                         let mut keyed = BTreeSet::new();
                         for (addr, _) in &coverage.keyed {
-                            assert!(!book.banned.contains(&addr.jid), "banned {} got a key", addr.jid);
+                            assert!(!book.banned.contains(addr.jid.as_str()), "banned {} got a key", addr.jid);
                             if let Some(i) =
                                 w.devices.iter().position(|d| d.jid == addr.jid && d.device_id == addr.device)
                             {

@@ -110,7 +110,7 @@ pub fn coverage_json(sent: &Sent) -> Value {
         .coverage
         .keyed
         .iter()
-        .map(|(a, kex)| json!({"jid": a.jid, "device": a.device, "namespace": ns_name(a.namespace), "kex": kex}))
+        .map(|(a, kex)| json!({"jid": a.jid.as_str(), "device": a.device, "namespace": ns_name(a.namespace), "kex": kex}))
         .collect();
     let members: Vec<Value> =
         sent.coverage.members_left_out.iter().map(|(j, why)| json!({"jid": j, "reason": format!("{why:?}")})).collect();
@@ -118,7 +118,7 @@ pub fn coverage_json(sent: &Sent) -> Value {
         .coverage
         .devices_left_out
         .iter()
-        .map(|(a, why)| json!({"jid": a.jid, "device": a.device, "reason": format!("{why:?}")}))
+        .map(|(a, why)| json!({"jid": a.jid.as_str(), "device": a.device, "reason": format!("{why:?}")}))
         .collect();
     json!({"id": sent.id, "stanza_id": sent.stanza_id, "keyed": keyed, "members_left_out": members,
            "devices_left_out": devices})

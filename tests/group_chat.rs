@@ -247,7 +247,7 @@ fn a_distrusted_identity_in_a_bundle_builds_no_session() {
     let bundles: Vec<_> = plan.need_bundles.iter().map(|a| (a.clone(), w.bundle(a))).collect();
     let carol_key = bundles.iter().find(|(a, _)| *a == victim).unwrap().1.as_ref().unwrap().identity_key;
     let decision =
-        Changes { trust: vec![(victim.jid.clone(), carol_key, TrustLevel::Distrusted)], ..Changes::default() };
+        Changes { trust: vec![(victim.jid.to_string(), carol_key, TrustLevel::Distrusted)], ..Changes::default() };
     w.devices[0].store.apply(&decision).unwrap();
     let d = &w.devices[0];
     let opts = GroupOptions { missing: MissingDevicePolicy::BestEffort, ..GroupOptions::default() };
@@ -291,9 +291,9 @@ fn distrusted_and_undecided_devices_get_no_key() {
     let key = |a: &SessionAddress| store.identity(&a.jid, a.device).unwrap().unwrap();
     let decisions = Changes {
         trust: vec![
-            (carol.jid.clone(), key(&carol), TrustLevel::Distrusted),
-            (bob.jid.clone(), key(&bob), TrustLevel::Undecided),
-            (laptop.jid.clone(), key(&laptop), TrustLevel::Undecided),
+            (carol.jid.to_string(), key(&carol), TrustLevel::Distrusted),
+            (bob.jid.to_string(), key(&bob), TrustLevel::Undecided),
+            (laptop.jid.to_string(), key(&laptop), TrustLevel::Undecided),
         ],
         ..Changes::default()
     };

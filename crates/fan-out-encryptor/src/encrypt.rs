@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use minidom::Element;
 use rand_core::CryptoRngCore;
-use session_store::{session, Changes, DeviceId, Namespace, SessionAddress, SessionError, Store};
+use session_store::{session, Changes, DeviceId, Jid, Namespace, SessionAddress, SessionError, Store};
 use xmpp_parsers::legacy_omemo;
 
 use crate::{
@@ -129,11 +129,11 @@ impl KeyElements {
             Namespace::Oldmemo => self.old.push(legacy_omemo::Key { rid: addr.device, prekey: kex, data }),
             _ => {
                 let key = v2::Key { rid: addr.device, kex: kex.then_some(true), data };
-                match self.group_of.get(&addr.jid).and_then(|&i| self.new.get_mut(i)) {
+                match self.group_of.get(addr.jid.as_str()).and_then(|&i| self.new.get_mut(i)) {
                     Some((_, group)) => group.push(key),
                     None => {
-                        self.group_of.insert(addr.jid.clone(), self.new.len());
-                        self.new.push((addr.jid.clone(), vec![key]));
+                        self.group_of.insert(addr.jid.to_string(), self.new.len());
+                        self.new.push((addr.jid.to_string(), vec![key]));
                     }
                 }
             }
@@ -312,6 +312,8 @@ pub fn recipient_devices<J: AsRef<str>>(
     let mut taken: Vec<u32> = Vec::new();
     for (i, jid) in all.into_iter().enumerate() {
         let mut found = false;
+        // One shared copy of the JID for all its devices, made at its first device.
+        let mut shared: Option<Jid> = None;
         // OMEMO 2 first: a device in both lists is reached in OMEMO 2 (once).
         taken.clear();
         for (ns, of_ns) in namespaces.iter().copied().zip(&lists) {
@@ -322,7 +324,7 @@ pub fn recipient_devices<J: AsRef<str>>(
                 found = true;
                 if !taken.contains(&d) {
                     taken.push(d);
-                    out.push(SessionAddress::new(ns, jid, d));
+                    out.push(SessionAddress::new(ns, shared.get_or_insert_with(|| jid.into()).clone(), d));
                 }
             }
         }

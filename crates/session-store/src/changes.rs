@@ -14,16 +14,120 @@ use crate::{
 pub struct SessionAddress {
     /// The OMEMO namespace of the session.
     pub namespace: Namespace,
-    /// The peer's bare JID.
-    pub jid: String,
+    /// The peer's bare JID, shared: a group send keeps each address in its change set and in its
+    /// coverage report, and a copy is a reference count, not a new string.
+    pub jid: Jid,
     /// The peer's device id.
     pub device: DeviceId,
 }
 
 impl SessionAddress {
     /// Builds an address.
-    pub fn new(namespace: Namespace, jid: impl Into<String>, device: DeviceId) -> Self {
+    pub fn new(namespace: Namespace, jid: impl Into<Jid>, device: DeviceId) -> Self {
         Self { namespace, jid: jid.into(), device }
+    }
+}
+
+/// A bare JID shared by reference count: copying it (as a group send does for every recipient device,
+/// into its change set and its coverage report) allocates nothing. Reads as a `str`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Jid(std::sync::Arc<str>);
+
+impl Jid {
+    /// The JID as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Jid {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Jid {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Jid {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Jid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Jid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Jid {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<&String> for Jid {
+    fn from(s: &String) -> Self {
+        Self(s.as_str().into())
+    }
+}
+
+impl From<String> for Jid {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<Jid> for String {
+    fn from(j: Jid) -> Self {
+        j.0.as_ref().to_owned()
+    }
+}
+
+impl PartialEq<str> for Jid {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for Jid {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for Jid {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<Jid> for str {
+    fn eq(&self, other: &Jid) -> bool {
+        *self == *other.0
+    }
+}
+
+impl PartialEq<Jid> for &str {
+    fn eq(&self, other: &Jid) -> bool {
+        **self == *other.0
+    }
+}
+
+impl PartialEq<Jid> for String {
+    fn eq(&self, other: &Jid) -> bool {
+        **self == *other.0
     }
 }
 
@@ -178,5 +282,32 @@ impl Changes {
             }
         }
         Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A `Jid` compares, hashes, orders and prints as its text; a copy shares the text.
+    #[test]
+    fn jid_reads_as_its_text() {
+        let jid = Jid::from("alice@example.org");
+        let copy = jid.clone();
+        assert!(std::ptr::eq(jid.as_str(), copy.as_str()), "a copy shares the text");
+        assert_eq!(jid, "alice@example.org");
+        assert_eq!(jid, String::from("alice@example.org"));
+        assert_eq!("alice@example.org", jid);
+        assert_ne!(jid, "bob@example.org");
+        assert_eq!(format!("{jid} {jid:?}"), "alice@example.org \"alice@example.org\"");
+        assert_eq!(String::from(jid.clone()), "alice@example.org");
+        assert!(Jid::from("a@x") < Jid::from(String::from("b@x")));
+        // Found by its text in a map keyed by `Jid` (Borrow<str>: the same hash as the text's).
+        let map: std::collections::HashMap<Jid, u32> = [(jid, 7)].into_iter().collect();
+        assert_eq!(map.get("alice@example.org"), Some(&7));
+        let addr = SessionAddress::new(Namespace::Twomemo, &String::from("bob@example.org"), 3);
+        assert_eq!(format!("{addr:?}"), "SessionAddress { namespace: Twomemo, jid: \"bob@example.org\", device: 3 }");
     }
 }

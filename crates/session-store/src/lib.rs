@@ -65,7 +65,7 @@ mod kat;
 mod tests;
 
 pub use account::{Account, PreKeyRecord, SignedPreKeyRecord};
-pub use changes::{Changes, SessionAddress};
+pub use changes::{Changes, Jid, SessionAddress};
 pub use error::{KeyError, SessionError, StoreError};
 pub use keys::{DeviceId, KeyPair, PrivateKey, PublicKey};
 pub use ledger::LedgerEntry;

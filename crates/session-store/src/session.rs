@@ -173,7 +173,7 @@ pub fn initiate(
     let mut scratch = Changes::default();
     let identity = check_identity(store, &mut scratch, &addr.jid, addr.device, &bundle.identity_key)?;
     if identity.trust == TrustLevel::Distrusted {
-        return Err(SessionError::Distrusted { jid: addr.jid.clone(), device: addr.device });
+        return Err(SessionError::Distrusted { jid: addr.jid.to_string(), device: addr.device });
     }
     let state = x3dh::initiate(addr.namespace, &account.identity, bundle, rng)?;
     let mut record = load_record(store, changes, addr)?.unwrap_or_default();
@@ -220,7 +220,7 @@ pub fn encrypt(
     let remote = record.remote_identity().ok_or(SessionError::NoSession)?;
     let trust = trust_in(store, changes, &addr.jid, &remote)?.unwrap_or(TrustLevel::Undecided);
     if !trust.may_encrypt() {
-        return Err(SessionError::Untrusted { jid: addr.jid.clone(), device: addr.device });
+        return Err(SessionError::Untrusted { jid: addr.jid.to_string(), device: addr.device });
     }
     let (data, kex) = record.encrypt(&account.local_identity(), plaintext)?;
     changes.merge(Changes { sessions: vec![(addr.clone(), record)], ..Changes::default() });
@@ -350,7 +350,7 @@ fn decrypt_key_exchange(
     let mut record = store.session(from)?.unwrap_or_default();
     let identity = check_identity(store, &mut changes, &from.jid, from.device, &kex.identity)?;
     if !identity.trust.may_decrypt() {
-        return Err(SessionError::Distrusted { jid: from.jid.clone(), device: from.device });
+        return Err(SessionError::Distrusted { jid: from.jid.to_string(), device: from.device });
     }
     let mut consumed_pre_key = None;
     let plaintext = if record.find_base_key(&kex.base_key).is_some() {
@@ -360,7 +360,7 @@ fn decrypt_key_exchange(
         // A new session only with a device its owner published (when we know the list at all).
         if let Some(list) = store.device_list(from.namespace, &from.jid)? {
             if !list.contains(&from.device) {
-                return Err(SessionError::UnknownDevice { jid: from.jid.clone(), device: from.device });
+                return Err(SessionError::UnknownDevice { jid: from.jid.to_string(), device: from.device });
             }
         }
         let spk = store
@@ -417,7 +417,7 @@ fn decrypt_message(
     let remote = record.remote_identity().ok_or(SessionError::NoSession)?;
     let identity = check_identity(store, &mut changes, &from.jid, from.device, &remote)?;
     if !identity.trust.may_decrypt() {
-        return Err(SessionError::Distrusted { jid: from.jid.clone(), device: from.device });
+        return Err(SessionError::Distrusted { jid: from.jid.to_string(), device: from.device });
     }
     let plaintext = record.decrypt(&account.local_identity(), msg, rng)?;
     let reply_due = record.heartbeat_due();

@@ -409,7 +409,7 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             return addrs
                 .iter()
                 .map(|addr| {
-                    let mut rows = stmt.query(params![addr.namespace.code(), addr.jid, addr.device])?;
+                    let mut rows = stmt.query(params![addr.namespace.code(), addr.jid.as_str(), addr.device])?;
                     rows.next()?.map(|row| row_of(row, 0)).transpose()
                 })
                 .collect();
@@ -851,8 +851,8 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
                  (SELECT id FROM omemo_session WHERE namespace = ?1 AND jid = ?2 AND device_id = ?3)",
             )?;
             for (addr, rec) in sessions {
-                stmt.execute(params![addr.namespace.code(), addr.jid, addr.device, rec.to_bytes()])?;
-                unstep.execute(params![addr.namespace.code(), addr.jid, addr.device])?;
+                stmt.execute(params![addr.namespace.code(), addr.jid.as_str(), addr.device, rec.to_bytes()])?;
+                unstep.execute(params![addr.namespace.code(), addr.jid.as_str(), addr.device])?;
             }
             // Deltas (a group send writes one per recipient device), after the records: a step of a
             // record written in this change set goes on top of it. A step counts only on top of a stored
@@ -885,7 +885,7 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
             )?;
             for ((addr, step), _) in session_steps.iter().zip(&step_at).filter(|(_, at)| at.is_none()) {
                 step.write_to(&mut bytes);
-                by_addr.execute(params![addr.namespace.code(), addr.jid, addr.device, &bytes[..]])?;
+                by_addr.execute(params![addr.namespace.code(), addr.jid.as_str(), addr.device, &bytes[..]])?;
             }
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO omemo_identity (jid, device_id, identity_key) VALUES (?1, ?2, ?3)",
@@ -936,13 +936,13 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
         for a in replies_done {
             tx.execute(
                 "DELETE FROM omemo_reply_due WHERE namespace = ?1 AND jid = ?2 AND device = ?3",
-                params![a.namespace.code(), a.jid, a.device],
+                params![a.namespace.code(), a.jid.as_str(), a.device],
             )?;
         }
         for a in replies_due {
             tx.execute(
                 "INSERT OR IGNORE INTO omemo_reply_due (namespace, jid, device) VALUES (?1, ?2, ?3)",
-                params![a.namespace.code(), a.jid, a.device],
+                params![a.namespace.code(), a.jid.as_str(), a.device],
             )?;
         }
         also(&tx)?;
