@@ -303,11 +303,14 @@ mod tests {
         assert_ne!(jid, "bob@example.org");
         assert_eq!(format!("{jid} {jid:?}"), "alice@example.org \"alice@example.org\"");
         assert_eq!(String::from(jid.clone()), "alice@example.org");
-        assert!(Jid::from("a@x") < Jid::from(String::from("b@x")));
+        let (a, b) = (Jid::from("a@x"), Jid::from(String::from("b@x")));
+        assert!(a < b);
         // Found by its text in a map keyed by `Jid` (Borrow<str>: the same hash as the text's).
         let map: std::collections::HashMap<Jid, u32> = [(jid, 7)].into_iter().collect();
         assert_eq!(map.get("alice@example.org"), Some(&7));
-        let addr = SessionAddress::new(Namespace::Twomemo, &String::from("bob@example.org"), 3);
+        let bob = String::from("bob@example.org");
+        let addr = SessionAddress::new(Namespace::Twomemo, &bob, 3);
+        assert_eq!(addr.jid, bob);
         assert_eq!(format!("{addr:?}"), "SessionAddress { namespace: Twomemo, jid: \"bob@example.org\", device: 3 }");
     }
 }
