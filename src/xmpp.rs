@@ -42,6 +42,24 @@ pub enum Security {
     PlainAnywhere,
 }
 
+/// When the connection asks the server for a sign of life (an XEP-0199 ping), and how long it waits for
+/// one. The defaults are tokio-xmpp's: 300 s of silence, then 300 s for any answer; after that the
+/// connection ends by itself with a reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence from the server after which a ping is sent.
+    pub silence: Duration,
+    /// How long after the ping anything must arrive.
+    pub answer_within: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        Self { silence: t.read_timeout, answer_within: t.response_timeout }
+    }
+}
+
 enum Command {
     Send(Element, oneshot::Sender<Result<(), TransportError>>),
     Close(oneshot::Sender<()>),
@@ -120,6 +138,7 @@ async fn open<C: ServerConnector>(
     jid: &Jid,
     password: &str,
     server: &str,
+    keepalive: Keepalive,
 ) -> Result<(String, Stream), TransportError> {
     let cannot_connect =
         |e: &dyn std::fmt::Display| TransportError::Refused(format!("cannot connect to {server}: {e}"));
@@ -128,8 +147,8 @@ async fn open<C: ServerConnector>(
         .node()
         .map(|n| n.as_str().to_owned())
         .ok_or_else(|| TransportError::Refused(format!("{jid} has no local part")))?;
-    let (pending, binding) =
-        connector.connect(jid, NS_CLIENT, Timeouts::default()).await.map_err(|e| cannot_connect(&e))?;
+    let timeouts = Timeouts { read_timeout: keepalive.silence, response_timeout: keepalive.answer_within };
+    let (pending, binding) = connector.connect(jid, NS_CLIENT, timeouts).await.map_err(|e| cannot_connect(&e))?;
     let (features, stream): (StreamFeatures, XmppStream<C::Stream>) =
         pending.recv_features().await.map_err(|e| cannot_connect(&e))?;
     let creds = Credentials::default().with_username(username).with_password(password).with_channel_binding(binding);
@@ -181,19 +200,31 @@ pub async fn connect(
     security: Security,
     timeout: Duration,
 ) -> Result<Connection, TransportError> {
+    connect_with(jid, password, server, security, timeout, Keepalive::default()).await
+}
+
+/// [`connect`] with the keepalive's timing given.
+pub async fn connect_with(
+    jid: &str,
+    password: &str,
+    server: &str,
+    security: Security,
+    timeout: Duration,
+    keepalive: Keepalive,
+) -> Result<Connection, TransportError> {
     let (host, port) = host_port(server)?;
     let jid: Jid = jid.parse().map_err(|e| TransportError::Refused(format!("JID {jid:?}: {e}")))?;
     let opening = async {
         match security {
             Security::StartTls => {
-                open(StartTlsServerConnector(DnsConfig::no_srv(&host, port)), &jid, password, server).await
+                open(StartTlsServerConnector(DnsConfig::no_srv(&host, port)), &jid, password, server, keepalive).await
             }
             Security::PlainLoopbackOnly if !is_loopback(&host) => Err(TransportError::Refused(format!(
                 "plain TCP to {host} is not a loopback address: use STARTTLS, or --insecure-plain"
             ))),
             Security::PlainLoopbackOnly | Security::PlainAnywhere => {
                 let addr = if host == "localhost" { format!("127.0.0.1:{port}") } else { format!("{host}:{port}") };
-                open(TcpServerConnector(DnsConfig::addr(&addr)), &jid, password, server).await
+                open(TcpServerConnector(DnsConfig::addr(&addr)), &jid, password, server, keepalive).await
             }
         }
     };

@@ -19,7 +19,7 @@ use omemo_muc::{
     driver::{Config, Event, OmemoMuc, RoomChange, Source},
     session_store::AccountStore,
     session_store::{Namespace, NamespaceSet, SqliteStore},
-    xmpp::{connect, Security},
+    xmpp::{connect, connect_with, Keepalive, Security},
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -376,6 +376,64 @@ async fn stuck_or_stopped() {
     assert!(why.starts_with("the server") || why.starts_with("the connection failed"), "{why}");
     let e = bob.send_stanza("<presence xmlns='jabber:client'/>".parse().unwrap()).await.unwrap_err();
     assert!(e.to_string().contains("closed"), "{e}");
+}
+
+/// The keepalive, with its timing shortened (1 s of silence, then 2 s for an answer): a connection to a
+/// server that has nothing to say stays up for several silences (each ping is answered, and the answers
+/// are not handed to the driver); a server that stops answering (SIGSTOP) ends the connection by itself,
+/// with a reason, within the two timeouts.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keepalive_pings_a_silent_server_and_gives_up_on_a_stopped_one() {
+    let _one = one_at_a_time();
+    bounded("the_keepalive_pings_a_silent_server_and_gives_up_on_a_stopped_one", keepalive()).await;
+}
+
+async fn keepalive() {
+    let p = Prosody::start("keepalive");
+    let timing = Keepalive { silence: Duration::from_secs(1), answer_within: Duration::from_secs(2) };
+    let conn = connect_with(
+        "carol@localhost",
+        "carol",
+        &p.server(),
+        Security::PlainLoopbackOnly,
+        Duration::from_secs(5),
+        timing,
+    )
+    .await
+    .unwrap();
+    let mut carol = Raw { conn: conn.transport, rx: conn.incoming, backlog: Default::default(), next: 0 };
+    // Six seconds without a word from us: without the pings the stream would count as dead after three.
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        match tokio::time::timeout_at(quiet_until, carol.rx.recv()).await {
+            Err(_) => break,
+            Ok(None) => panic!("the connection ended while the server was silent: {:?}", carol.conn.end_reason()),
+            Ok(Some(e)) => {
+                let text = String::from(&e);
+                assert!(
+                    !text.contains("keepalive") && !text.contains("urn:xmpp:ping"),
+                    "a ping's answer came through: {text}"
+                );
+                carol.backlog.push_back(e);
+            }
+        }
+    }
+    assert_eq!(carol.conn.end_reason(), None);
+    carol.iq("<ping xmlns='urn:xmpp:ping'/>", "localhost", "get").await;
+
+    // The server stops: the next ping gets no answer, and the connection ends within 1 + 2 s (and a margin).
+    signal(&p, "-STOP");
+    let stopped_at = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async { while carol.rx.recv().await.is_some() {} }).await;
+    let waited = stopped_at.elapsed();
+    signal(&p, "-CONT");
+    assert!(ended.is_ok(), "the connection to a stopped server was still up after 10 s");
+    assert!(waited >= Duration::from_secs(2), "ended after {waited:?}: sooner than the answer was due");
+    let why = carol.conn.end_reason().expect("a reason");
+    assert!(why.starts_with("the connection failed") && why.contains("timeout"), "{why}");
+    let stopped = p.stop().unwrap();
+    assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
 }
 
 /// The command-line tool against Prosody: create-group, accept-invite, send, listen --expect, and the
