@@ -436,6 +436,30 @@ async fn keepalive() {
     assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
 }
 
+/// STARTTLS asked for and not offered (this Prosody has its TLS module disabled): the connection is
+/// refused with that reason, never continued in plain text.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_not_offered_is_refused_not_downgraded() {
+    let _one = one_at_a_time();
+    bounded("starttls_not_offered_is_refused_not_downgraded", async {
+        let p = Prosody::start("starttls");
+        let refused =
+            connect("carol@localhost", "carol", &p.server(), Security::StartTls, Duration::from_secs(10)).await;
+        let e = refused.err().expect("a session without TLS");
+        let text = e.to_string();
+        assert!(text.contains("cannot connect") && text.to_lowercase().contains("tls"), "{text}");
+        // The same server, plain on loopback as allowed: the account works, so TLS was the only reason.
+        let server = p.server();
+        let plain =
+            connect("carol@localhost", "carol", &server, Security::PlainLoopbackOnly, Duration::from_secs(10)).await;
+        plain.unwrap().transport.close().await;
+        let stopped = p.stop().unwrap();
+        assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+    })
+    .await;
+}
+
 /// The command-line tool against Prosody: create-group, accept-invite, send, listen --expect, and the
 /// errors a user meets (wrong password, nothing listening).
 #[test]
