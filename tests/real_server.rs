@@ -446,7 +446,7 @@ async fn starttls_not_offered_is_refused_not_downgraded() {
         let p = Prosody::start("starttls");
         let refused =
             connect("carol@localhost", "carol", &p.server(), Security::StartTls, Duration::from_secs(10)).await;
-        let e = refused.err().expect("a session without TLS");
+        let Err(e) = refused else { panic!("a session without TLS") };
         let text = e.to_string();
         assert!(text.contains("cannot connect") && text.to_lowercase().contains("tls"), "{text}");
         // The same server, plain on loopback as allowed: the account works, so TLS was the only reason.
