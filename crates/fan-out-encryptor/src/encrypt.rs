@@ -196,8 +196,8 @@ impl<'a> GroupKeys<'a> {
         let mut old_keys = Vec::new();
         let mut new_keys: Vec<(usize, &str, &str)> = Vec::new();
         let mut len = 512;
-        // Whether the OMEMO 2 JIDs come in ascending order so far (as in a send to a room, whose
-        // recipients are sorted): then each run of one JID is its group, and no map is needed.
+        // Whether the OMEMO 2 JIDs come in ascending order (as in a send to a room, whose recipients are
+        // sorted): then each run of one JID is its group, and no map is needed.
         let mut ascending = true;
         for (addr, key) in keys {
             len += key.len();
@@ -205,36 +205,34 @@ impl<'a> GroupKeys<'a> {
                 Namespace::Oldmemo => old_keys.push(key),
                 _ => {
                     let jid = addr.jid.as_str();
-                    let group = match new_keys.last() {
-                        Some(&(group, last, _)) if last == jid => group,
-                        Some(&(group, last, _)) => {
-                            ascending &= last < jid;
-                            len += jid.len() + 32;
-                            group + 1
-                        }
-                        None => {
-                            len += jid.len() + 32;
-                            0
-                        }
-                    };
-                    new_keys.push((group, jid, key));
+                    ascending &= new_keys.last().is_none_or(|&(_, last, _)| last <= jid);
+                    new_keys.push((0, jid, key));
                 }
             }
         }
+        // Each group numbered in the order its JID first appears (and its element's size counted once).
+        let mut group_of: session_store::FastMap<&str, usize> = HashMap::default();
+        let mut groups = 0;
+        let mut last: Option<&str> = None;
+        for (group, jid, _) in &mut new_keys {
+            // In ascending order a JID's keys are one run: the map is needed only otherwise.
+            let known = match ascending {
+                true => (last == Some(*jid)).then(|| groups - 1),
+                false => group_of.get(jid).copied(),
+            };
+            *group = known.unwrap_or_else(|| {
+                len += jid.len() + 32;
+                if !ascending {
+                    group_of.insert(jid, groups);
+                }
+                groups += 1;
+                groups - 1
+            });
+            last = Some(*jid);
+        }
         if !ascending {
-            // A JID seen before may come back after another: its keys join its first group, and the
-            // groups keep the order their JIDs first appear in. A stable sort: keys of one group keep their
-            // order.
-            let mut group_of: session_store::FastMap<&str, usize> = HashMap::default();
-            len = 512 + old_keys.iter().map(|k| k.len()).sum::<usize>();
-            for (group, jid, key) in &mut new_keys {
-                let next = group_of.len();
-                *group = *group_of.entry(*jid).or_insert_with(|| {
-                    len += jid.len() + 32;
-                    next
-                });
-                len += key.len();
-            }
+            // A JID may come back after another: its keys join its first group. A stable sort: keys of one
+            // group keep their order.
             new_keys.sort_by_key(|(group, _, _)| *group);
         }
         let new_payload = new.filter(|_| !new_keys.is_empty());

@@ -849,6 +849,32 @@ mod sqlite_store {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// A session of A with B after an exchange, and after A sent one message on it.
+    struct OneSent {
+        p: Pair<SqliteStore<rusqlite::Connection>>,
+        to_b: SessionAddress,
+        our: LocalIdentity,
+        /// The record with its sending chain ready (a waiting DH ratchet step done), before the send.
+        before: SessionRecord,
+        /// The same record after the send.
+        after: SessionRecord,
+    }
+
+    fn one_sent(seed: u64) -> OneSent {
+        let mut p = pair(seed);
+        p.start();
+        p.exchange();
+        let to_b = Pair::<SqliteStore<rusqlite::Connection>>::addr_in(&p.b, p.ns);
+        let our = p.a.account().unwrap().unwrap().local_identity();
+        let mut before = p.a.session(&to_b).unwrap().unwrap();
+        if before.ratchet_due() {
+            before.complete_ratchet().unwrap();
+        }
+        let mut after = before.clone();
+        after.encrypt(&our, &[1; 32]).unwrap();
+        OneSent { p, to_b, our, before, after }
+    }
+
     /// The first stored form of `rec`'s step (version 1: the whole sending ratchet key where version 2
     /// keeps its first 8 bytes), built from the record as the store of schema 7 wrote it.
     fn step_v1(rec: &SessionRecord) -> Vec<u8> {
@@ -864,15 +890,7 @@ mod sqlite_store {
     /// refused as corrupt.
     #[test]
     fn send_step_stored_forms() {
-        let mut p = pair(43);
-        p.start();
-        p.exchange();
-        let to_b = Pair::<SqliteStore<rusqlite::Connection>>::addr_in(&p.b, p.ns);
-        let our = p.a.account().unwrap().unwrap().local_identity();
-        let mut rec = p.a.session(&to_b).unwrap().unwrap();
-        rec.complete_ratchet().unwrap();
-        let before = rec.clone();
-        rec.encrypt(&our, &[1; 32]).unwrap();
+        let OneSent { before, after: rec, .. } = one_sent(43);
         let step = rec.send_step().unwrap();
         let (v1, v2) = (step_v1(&rec), step.to_bytes());
         assert_eq!(v2.len(), SendStep::ENCODED_LEN);
@@ -902,17 +920,7 @@ mod sqlite_store {
     /// written and read by id afterwards.
     #[test]
     fn schema_7_steps_migrate_to_session_ids() {
-        let mut p = pair(42);
-        p.start();
-        p.exchange();
-        let to_b = Pair::<SqliteStore<rusqlite::Connection>>::addr_in(&p.b, p.ns);
-        let our = p.a.account().unwrap().unwrap().local_identity();
-        let mut rec = p.a.session(&to_b).unwrap().unwrap();
-        if rec.ratchet_due() {
-            rec.complete_ratchet().unwrap();
-        }
-        let stored = rec.clone();
-        rec.encrypt(&our, &[1; 32]).unwrap();
+        let OneSent { p, to_b, our, before: stored, after: mut rec } = one_sent(42);
         // Schema 7 wrote the first form of a step (the whole ratchet key).
         let step = step_v1(&rec);
         let other = SessionAddress::new(p.ns, "other@example.org", 3);
