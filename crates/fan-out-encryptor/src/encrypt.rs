@@ -322,7 +322,9 @@ pub fn recipient_devices<J: AsRef<str>>(
                 found = true;
                 if !taken.contains(&d) {
                     taken.push(d);
-                    out.push(SessionAddress::new(ns, shared.get_or_insert_with(|| jid.into()).clone(), d));
+                    // The store's copy of the JID if it hands one out, else a new one.
+                    let jid = shared.get_or_insert_with(|| of_ns.jid(i).cloned().unwrap_or_else(|| jid.into()));
+                    out.push(SessionAddress::new(ns, jid.clone(), d));
                 }
             }
         }
@@ -474,6 +476,53 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::xml::{parse_element, v0_3, v2 as v2_xml};
+
+    /// With a store that hands out its own copy of each JID (SQLite), the addresses of every send to the
+    /// same members share that copy (no JID is allocated per member and send); a store that does not
+    /// (memory) gets the same addresses.
+    #[test]
+    fn recipient_devices_share_the_stores_jids() {
+        use rand_chacha::rand_core::SeedableRng;
+        use session_store::{Account, Changes, MemoryStore, NamespaceSet, SqliteStore, Store};
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let path = std::env::temp_dir().join(format!("omemo-recipient-jids-{}.sqlite3", std::process::id()));
+        let mut sql = SqliteStore::open(&path).unwrap();
+        let mut mem = MemoryStore::default();
+        let account = Account::create("me@x", NamespaceSet::BOTH, &[], 0, &mut rng);
+        let mut lists = Changes::default();
+        lists.device_lists.push((Namespace::Twomemo, "a@x".into(), vec![1, 2]));
+        lists.device_lists.push((Namespace::Oldmemo, "a@x".into(), vec![2, 3]));
+        lists.device_lists.push((Namespace::Oldmemo, "b@x".into(), vec![4]));
+        for changes in [&account, &lists] {
+            sql.apply(changes).unwrap();
+            mem.apply(changes).unwrap();
+        }
+        let jids = ["a@x", "b@x", "c@x"];
+        let (first, without) = recipient_devices(&sql, &jids, NamespaceChoice::Auto).unwrap();
+        let (again, _) = recipient_devices(&sql, &jids, NamespaceChoice::Auto).unwrap();
+        let (in_memory, in_memory_without) = recipient_devices(&mem, &jids, NamespaceChoice::Auto).unwrap();
+        let plain = |a: &[SessionAddress]| -> Vec<(Namespace, String, u32)> {
+            a.iter().map(|a| (a.namespace, a.jid.to_string(), a.device)).collect()
+        };
+        let want = vec![
+            (Namespace::Twomemo, "a@x".to_owned(), 1),
+            (Namespace::Twomemo, "a@x".to_owned(), 2),
+            (Namespace::Oldmemo, "a@x".to_owned(), 3),
+            (Namespace::Oldmemo, "b@x".to_owned(), 4),
+        ];
+        assert_eq!(plain(&first), want);
+        assert_eq!(plain(&again), want);
+        assert_eq!(plain(&in_memory), want);
+        assert_eq!(without, vec!["c@x".to_owned()]);
+        assert_eq!(in_memory_without, without);
+        for (a, b) in first.iter().zip(&again) {
+            assert!(std::ptr::eq(a.jid.as_str(), b.jid.as_str()), "{} shares the store's copy", a.jid);
+        }
+        drop(sql);
+        for end in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{end}", path.display()));
+        }
+    }
 
     /// The group send's text and the 1:1 path's elements group and order the same keys the same way,
     /// also when a JID's devices are not adjacent.

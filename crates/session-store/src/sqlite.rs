@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{
     account::{Account, PreKeyRecord, SignedPreKeyRecord},
-    changes::{Changes, SessionAddress},
+    changes::{Changes, Jid, SessionAddress},
     error::StoreError,
     keys::{DeviceId, KeyPair, PrivateKey, PublicKey},
     ledger::LedgerEntry,
@@ -79,7 +79,7 @@ struct ReadCache {
     /// `None`: no session (also an entry dropped since).
     sessions: Vec<Option<KeptSession>>,
     /// Per namespace and JID: the active devices (`None`: no list seen).
-    devices: FastMap<Namespace, FastMap<String, Option<Vec<DeviceId>>>>,
+    devices: FastMap<Namespace, FastMap<Jid, Option<Vec<DeviceId>>>>,
     /// Per JID and identity key: the decision (`None`: none).
     trust: FastMap<String, FastMap<[u8; 32], Option<TrustLevel>>>,
     /// Entries kept (all maps).
@@ -630,6 +630,20 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
 
     fn device_lists(&self, ns: Namespace, jids: &[&str]) -> Result<DeviceLists, StoreError> {
         let mut cache = self.fresh_cache()?;
+        // Every list kept (a room's steady state): one lookup per JID, and the kept JIDs handed out.
+        if let Some(of) = cache.devices.get(&ns) {
+            let mut out = DeviceLists::with_capacity(jids.len());
+            let all_kept = jids.iter().all(|j| match of.get_key_value(*j) {
+                Some((jid, list)) => {
+                    out.push_shared(jid, list.as_deref());
+                    true
+                }
+                None => false,
+            });
+            if all_kept {
+                return Ok(out);
+            }
+        }
         // What the cache lacks is read in one batch and kept; then every answer comes from the cache.
         let kept = cache.devices.get(&ns);
         let missing: Vec<&str> = jids.iter().copied().filter(|j| !kept.is_some_and(|of| of.contains_key(*j))).collect();
@@ -637,11 +651,14 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
         cache.entries += missing.len();
         let of = cache.devices.entry(ns).or_default();
         for (j, list) in missing.into_iter().zip(read) {
-            of.insert(j.to_owned(), list);
+            of.insert(Jid::from(j), list);
         }
         let mut out = DeviceLists::with_capacity(jids.len());
         for j in jids {
-            out.push(of.get(*j).and_then(Option::as_deref));
+            match of.get_key_value(*j) {
+                Some((jid, list)) => out.push_shared(jid, list.as_deref()),
+                None => out.push(None),
+            }
         }
         Ok(out)
     }
@@ -958,7 +975,7 @@ impl<C: BorrowMut<Connection>> SqliteStore<C> {
         }
         for (ns, jid, _) in device_lists {
             if let Some(of) = cache.devices.get_mut(ns) {
-                of.remove(jid);
+                of.remove(jid.as_str());
             }
         }
         for (jid, key, level) in trust {

@@ -705,6 +705,39 @@ mod sqlite_store {
     )
     .unwrap());
 
+    /// The SQLite store answers a room's device lists from its cache with its own copy of each JID
+    /// (the same text on every send), and a list written since is answered new.
+    #[test]
+    fn device_lists_hand_out_the_kept_jids() {
+        let mut s = SqliteStore::new(rusqlite::Connection::open_in_memory().unwrap()).unwrap();
+        let jids = ["a@example.org", "b@example.org", "c@example.org"];
+        let mut ch = Changes::default();
+        for (i, j) in jids.iter().take(2).enumerate() {
+            ch.device_lists.push((Namespace::Twomemo, (*j).into(), vec![i as u32 + 1]));
+        }
+        s.apply(&ch).unwrap();
+        let text = |l: &crate::DeviceLists, i: usize| l.jid(i).map(|j| j.as_str().as_ptr());
+        let first = s.device_lists(Namespace::Twomemo, &jids).unwrap();
+        assert_eq!(first.to_vecs(), vec![Some(vec![1]), Some(vec![2]), None]);
+        // Every JID asked is kept, also one without a list (so the next send finds all of them).
+        let again = s.device_lists(Namespace::Twomemo, &jids).unwrap();
+        assert_eq!(again, first);
+        for (i, jid) in jids.iter().enumerate() {
+            assert_eq!(again.jid(i).map(|j| j.as_str()), Some(*jid));
+            assert!(text(&again, i).is_some() && text(&again, i) == text(&first, i), "JID {i} shared");
+        }
+        // A list written since is read again; the other JIDs keep their copies.
+        let mut ch = Changes::default();
+        ch.device_lists.push((Namespace::Twomemo, "c@example.org".into(), vec![5, 6]));
+        s.apply(&ch).unwrap();
+        let after = s.device_lists(Namespace::Twomemo, &jids).unwrap();
+        assert_eq!(after.to_vecs(), vec![Some(vec![1]), Some(vec![2]), Some(vec![5, 6])]);
+        assert_eq!(after.jid(2).map(|j| j.as_str()), Some("c@example.org"));
+        // The other namespace has its own lists.
+        let old = s.device_lists(Namespace::Oldmemo, &jids[..1]).unwrap();
+        assert_eq!(old.to_vecs(), vec![None]);
+    }
+
     #[test]
     fn apply_is_one_transaction() {
         let mut p = pair(20);
@@ -1054,4 +1087,27 @@ fn device_lists_by_position() {
     assert_eq!(l.get(3), Some(&[4][..]));
     assert_eq!(l.get(4), None);
     assert_eq!(l.to_vecs(), vec![Some(vec![7, 9]), None, Some(vec![]), Some(vec![4])]);
+}
+
+/// A JID handed out with its list is kept by position; two answers with the same lists are equal
+/// whether or not they carry the store's JIDs.
+#[test]
+fn device_lists_carry_shared_jids() {
+    let carol = crate::Jid::from("carol@example.org");
+    let mut shared = crate::DeviceLists::with_capacity(2);
+    shared.push_shared(&carol, Some(&[3]));
+    shared.push(None);
+    assert!(std::ptr::eq(shared.jid(0).unwrap().as_str(), carol.as_str()), "the store's copy, not a new one");
+    assert_eq!(shared.jid(1), None);
+    assert_eq!(shared.jid(2), None);
+    let mut plain = crate::DeviceLists::default();
+    plain.push(Some(&[3]));
+    plain.push(None);
+    assert_eq!(shared, plain);
+    plain.push(None);
+    assert_ne!(shared, plain);
+    let mut other = crate::DeviceLists::default();
+    other.push_shared(&carol, Some(&[4]));
+    other.push(None);
+    assert_ne!(shared, other);
 }

@@ -2,7 +2,7 @@
 
 use crate::{
     account::{Account, PreKeyRecord, SignedPreKeyRecord},
-    changes::{Changes, SessionAddress},
+    changes::{Changes, Jid, SessionAddress},
     error::StoreError,
     keys::{DeviceId, PublicKey},
     ledger::LedgerEntry,
@@ -91,28 +91,56 @@ pub trait DeviceListStore {
 }
 
 /// Device lists of many JIDs, in one buffer (a room's thousands of lists are not thousands of
-/// allocations): the answer of [`DeviceListStore::device_lists`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// allocations): the answer of [`DeviceListStore::device_lists`]. A store that keeps its own shared
+/// copy of a JID hands it out with the list ([`DeviceLists::jid`]): the addresses made from it then
+/// share that copy (no allocation per member and send, and a lookup by such an address finds the
+/// store's key by pointer before comparing text). Two answers are equal when their lists are.
+#[derive(Debug, Clone, Default)]
 pub struct DeviceLists {
     /// Every list's devices, one list after the other.
     devices: Vec<DeviceId>,
     /// Per JID asked: where its list lies in `devices` (`None`: no list seen).
     lists: Vec<Option<std::ops::Range<usize>>>,
+    /// Per JID asked: the store's shared copy of it, if it handed one out.
+    jids: Vec<Option<Jid>>,
 }
+
+impl PartialEq for DeviceLists {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && (0..self.len()).all(|i| self.get(i) == other.get(i))
+    }
+}
+
+impl Eq for DeviceLists {}
 
 impl DeviceLists {
     /// Room for `n` lists.
     pub fn with_capacity(n: usize) -> Self {
-        Self { devices: Vec::with_capacity(n), lists: Vec::with_capacity(n) }
+        Self { devices: Vec::with_capacity(n), lists: Vec::with_capacity(n), jids: Vec::with_capacity(n) }
     }
 
     /// Adds the next JID's list (`None`: no list seen).
     pub fn push(&mut self, list: Option<&[DeviceId]>) {
+        self.push_list(None, list);
+    }
+
+    /// Adds the next JID's list with the store's shared copy of the JID (see [`DeviceLists::jid`]).
+    pub fn push_shared(&mut self, jid: &Jid, list: Option<&[DeviceId]>) {
+        self.push_list(Some(jid.clone()), list);
+    }
+
+    fn push_list(&mut self, jid: Option<Jid>, list: Option<&[DeviceId]>) {
         self.lists.push(list.map(|l| {
             let start = self.devices.len();
             self.devices.extend_from_slice(l);
             start..self.devices.len()
         }));
+        self.jids.push(jid);
+    }
+
+    /// The store's shared copy of the `i`th JID asked, if the store handed one out.
+    pub fn jid(&self, i: usize) -> Option<&Jid> {
+        self.jids.get(i)?.as_ref()
     }
 
     /// The list of the `i`th JID asked (`None`: no list seen, or no `i`th JID).
