@@ -630,24 +630,25 @@ impl<C: BorrowMut<Connection>> DeviceListStore for SqliteStore<C> {
 
     fn device_lists(&self, ns: Namespace, jids: &[&str]) -> Result<DeviceLists, StoreError> {
         let mut cache = self.fresh_cache()?;
-        // Every list kept (a room's steady state): one lookup per JID, and the kept JIDs handed out.
-        if let Some(of) = cache.devices.get(&ns) {
-            let mut out = DeviceLists::with_capacity(jids.len());
-            let all_kept = jids.iter().all(|j| match of.get_key_value(*j) {
-                Some((jid, list)) => {
-                    out.push_shared(jid, list.as_deref());
-                    true
+        // One lookup per JID, the kept JIDs handed out: the answer when everything is kept (a room's
+        // steady state).
+        let kept = cache.devices.get(&ns);
+        let mut out = DeviceLists::with_capacity(jids.len());
+        let mut missing: Vec<&str> = Vec::new();
+        for j in jids {
+            match kept.and_then(|of| of.get_key_value(*j)) {
+                Some((jid, list)) => out.push_shared(jid, list.as_deref()),
+                None => {
+                    missing.push(j);
+                    out.push(None);
                 }
-                None => false,
-            });
-            if all_kept {
-                return Ok(out);
             }
         }
+        if missing.is_empty() {
+            return Ok(out);
+        }
         // What the cache lacks is read in one batch and kept; then every answer comes from the cache.
-        let kept = cache.devices.get(&ns);
-        let missing: Vec<&str> = jids.iter().copied().filter(|j| !kept.is_some_and(|of| of.contains_key(*j))).collect();
-        let read = if missing.is_empty() { Vec::new() } else { self.read_device_lists(ns, &missing)? };
+        let read = self.read_device_lists(ns, &missing)?;
         cache.entries += missing.len();
         let of = cache.devices.entry(ns).or_default();
         for (j, list) in missing.into_iter().zip(read) {
